@@ -1,0 +1,46 @@
+# Two commands a newcomer needs:  make demo  (the 10-minute demo)  and  make test  (lint + layers + tests).
+# Both create .venv on first use with nothing but Python: torch==2.13.0 (CPU wheel) goes in first and
+# constraints.txt stops anything from replacing it.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+PIP     := $(BIN)/python -m pip
+STAMP   := $(VENV)/.installed
+# One intra-op thread: two threads on a busy 2-core machine are many times slower (FACTS.md).
+export OMP_NUM_THREADS := 1
+export MKL_NUM_THREADS := 1
+export TOKENIZERS_PARALLELISM := false
+export HF_HUB_OFFLINE := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install test lint layers pytest demo demo-quick clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q torch==2.13.0 -c constraints.txt
+	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+layers: $(STAMP)
+	$(BIN)/lint-imports
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+test: lint layers pytest
+
+demo: $(STAMP)
+	$(BIN)/opdkit demo
+
+demo-quick: $(STAMP)
+	$(BIN)/opdkit demo --quick
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

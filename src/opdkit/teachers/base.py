@@ -1,0 +1,60 @@
+"""The external-teacher protocol (OPD, SCOPE): score the student's own tokens under a teacher.
+
+A teacher receives the unpadded token ids of each prompt and of the student's response (the same tokenizer
+as the student; ALGORITHMS.md §5.1) and returns the teacher's log-probability of every response token.
+Rows whose scores could not be obtained are marked invalid in ``valid_N`` and must be excluded from the loss
+and from SCOPE's weights; their log-probs are NaN, never zeros (a zero would look like a perfect teacher).
+
+Implementations register a factory in ``TEACHERS`` under their ``teacher.kind`` name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from opdkit.core.registry import Registry
+
+
+@dataclass(frozen=True)
+class TeacherScores:
+    """Teacher scores for N rows, right-padded to T response tokens.
+
+    logp_N_T: float32 log π_T(y_t | x, y_<t) of each response token; 0.0 at padding; NaN on invalid rows.
+    valid_N: bool, True where the row was scored completely.
+    topk_ids_N_T_K / topk_logp_N_T_K: the teacher's top-K alternatives per position (server teachers asked
+      for top_k > 1, ALGORITHMS.md §3.3 remote-teacher variant); None otherwise.
+    stats: counters for logging (``teacher/failed_rows``, ``teacher/retries``, ...).
+    """
+
+    logp_N_T: torch.Tensor
+    valid_N: torch.Tensor
+    topk_ids_N_T_K: torch.Tensor | None = None
+    topk_logp_N_T_K: torch.Tensor | None = None
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+class Teacher(Protocol):
+    """Scores student responses; see the module docstring."""
+
+    def score(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        response_ids: Sequence[Sequence[int]],
+        *,
+        top_k: int = 0,
+        pad_to: int | None = None,
+    ) -> TeacherScores:
+        """Teacher log-probs of ``response_ids[i]`` given ``prompt_ids[i]``, padded to ``pad_to`` columns
+        (default: the longest response)."""
+        ...
+
+    def check_tokenizer(self, tokenizer: Any) -> None:
+        """Raise ``ValueError`` naming the difference when ``tokenizer`` is not the teacher's tokenizer."""
+        ...
+
+
+TEACHERS: Registry[Any] = Registry("teacher kind")
