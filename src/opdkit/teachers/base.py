@@ -58,3 +58,25 @@ class Teacher(Protocol):
 
 
 TEACHERS: Registry[Any] = Registry("teacher kind")
+
+
+def tokenizer_mismatch(student: Any, teacher: Any) -> str | None:
+    """Why two Hugging Face tokenizers would map text to different ids, or None when they agree.
+
+    Token ids are sent to the teacher as-is (ALGORITHMS.md §5.1), so vocabularies and special tokens must be
+    identical, not merely similar.
+    """
+    vocab_s, vocab_t = student.get_vocab(), teacher.get_vocab()
+    if vocab_s != vocab_t:
+        only_s = sorted(set(vocab_s) - set(vocab_t))[:5]
+        only_t = sorted(set(vocab_t) - set(vocab_s))[:5]
+        moved = sorted(k for k in set(vocab_s) & set(vocab_t) if vocab_s[k] != vocab_t[k])[:5]
+        return (
+            f"vocabularies differ (student {len(vocab_s)} tokens, teacher {len(vocab_t)}); "
+            f"only in student: {only_s}; only in teacher: {only_t}; different ids: {moved}"
+        )
+    for attr in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        a, b = getattr(student, attr, None), getattr(teacher, attr, None)
+        if a != b:
+            return f"{attr} differs: student {a}, teacher {b}"
+    return None
