@@ -72,6 +72,10 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         args = typing.get_args(tp)
         inner = args[0] if args else Any
         return tuple(_coerce(v, inner, f"{path}[{i}]") for i, v in enumerate(value))
+    if origin in (Mapping, dict) or tp is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
     if tp is Any:
         return value
     if tp is bool:

@@ -84,7 +84,7 @@ def train(
     run = RunDir.open(run_dir, cfg, resume=resume, overwrite=overwrite)
     device = resolve_device(cfg.model.device)
     models = load_models(cfg, device)
-    chat_kwargs: dict = {}
+    chat_kwargs = dict(cfg.model.chat_template_kwargs or {})
     data = load_data(cfg, models.tokenizer, chat_kwargs)
     logprob_t = cfg.rollout.logprob_temperature or cfg.rollout.temperature
     method = METHODS.get(cfg.method.name)
