@@ -208,7 +208,7 @@ def test_clipped_policy_loss_hand_case():
     adv = torch.tensor([[1.0, 1.0, -1.0, -1.0, -2.0, -1e9]])
     mask = torch.tensor([[1, 1, 1, 1, 1, 0]])
     out = clipped_policy_loss(logp, old, adv, mask)
-    assert float(out.loss) == pytest.approx(0.844, rel=1e-6)
+    assert out.loss.item() == pytest.approx(0.844, rel=1e-6)
     out.loss.backward()
     close(logp.grad, [[0.0, -0.1, 0.0, 0.0, 0.44, 0.0]], tol=1e-6)
     assert out.metrics["clipfrac"] == pytest.approx(0.4)
