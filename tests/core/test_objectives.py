@@ -268,3 +268,25 @@ def test_srpo_loss_hand_case():
     out = srpo_loss(grpo_l, sdpo_l, routing, torch.tensor([[1, 1, 1], [1, 0, 0]]))
     assert out.loss.item() == pytest.approx(4.0)
     assert out.metrics["sdpo_token_fraction"] == pytest.approx(0.25)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="implementation bug: scope_loss does not floor teacher log-probs at −1e4 (§5.7 'clamp teacher "
+    "log-probs to ≥ −1e4, never −inf'); one −inf teacher log-prob on a valid token gives a NaN loss when "
+    "the row's teacher weight is 0 (0·−inf) and an infinite loss otherwise",
+)
+def test_scope_loss_floors_minus_inf_teacher_logprobs():
+    # Two wrong rows, on-policy. Row 0's teacher gives −inf to its first token. Per §5.7 the loss must equal
+    # the loss with that log-prob at −1e4: finite (w_tea = 0 -> the row contributes 0; w_tea = 1 -> a large
+    # but finite advantage, dual-clipped).
+    logp = torch.tensor([[-1.0, -2.0], [-0.5, -0.5]], requires_grad=True)
+    teacher = torch.tensor([[-float("inf"), -1.0], [-1.0, -1.0]])
+    mask, wrong = torch.ones(2, 2), torch.tensor([False, False])
+    for w_tea in ([0.0, 2.0], [1.0, 1.0]):
+        weights = ScopeWeights(torch.zeros(2), torch.tensor(w_tea))
+        floored = scope_loss(ScopeInputs(logp, logp.detach(), teacher.clamp(min=-1e4), mask, wrong), weights)
+        out = scope_loss(ScopeInputs(logp, logp.detach(), teacher, mask, wrong), weights)
+        assert torch.isfinite(floored.loss)
+        assert torch.isfinite(out.loss), f"w_tea = {w_tea}: loss {out.loss.item()}"
+        close(out.loss, floored.loss, tol=1e-6)
