@@ -174,3 +174,12 @@ def test_bootstrap_maj_at_k_expectation(preds, scores, k):
 
 def test_bootstrap_maj_of_a_unanimous_question_is_its_score():
     assert bootstrap_maj_at_k([["4"] * 5, ["5"] * 5], [[1] * 5, [0] * 5], 3) == pytest.approx(0.5)
+
+
+def test_bootstrap_defaults_are_verls():
+    # §8.1: 1000 resamples, seed 42.
+    import inspect
+
+    for fn in (bootstrap_best_at_k, bootstrap_maj_at_k):
+        params = inspect.signature(fn).parameters
+        assert (params["resamples"].default, params["seed"].default) == (1000, 42)

@@ -374,3 +374,36 @@ def test_degenerate_and_empty_inputs_never_produce_nan():
     # a zero-length response has mean log-prob 0 (PPL 1), §5.7
     assert sequence_mean(torch.tensor([[NAN, NAN]]), torch.zeros(1, 2)).tolist() == [0.0]
     assert math.isfinite(grpo_advantages(torch.tensor([1.0, 1.0]), torch.tensor([5, 5]))[0].item())
+
+
+@FAST
+@given(grouped_batch(max_n=8), st.integers(1, 4), st.sampled_from(["code", "joint"]), st.data())
+def test_method_losses_are_invariant_to_row_permutations(batch, t, agg, data):
+    # Weights computed per group, then the SCOPE / SDPO / SRPO losses: permuting the rows (within and across
+    # groups) permutes every per-row quantity and leaves the scalar loss unchanged.
+    _, success, ids, perm, _ = batch
+    n = len(ids)
+    p, g, c = torch.tensor(perm), torch.tensor(ids), torch.tensor(success)
+    logp, teacher = (_matrix(data.draw, n, t, logp_value) for _ in range(2))
+    mask = torch.tensor(
+        data.draw(st.lists(st.lists(st.integers(0, 1), min_size=t, max_size=t), min_size=n, max_size=n))
+    )
+
+    def scope(rows):
+        w = scope_weights(
+            sequence_mean(logp[rows], mask[rows]), sequence_mean(teacher[rows], mask[rows]), c[rows], g[rows]
+        )
+        inputs = ScopeInputs(logp[rows], logp[rows], teacher[rows], mask[rows], c[rows])
+        return scope_loss(inputs, w, agg=agg).loss
+
+    def sdpo(rows):
+        return self_distillation_loss(
+            -logp[rows], mask[rows], question_weight_N=group_pass_rates(c[rows], g[rows])
+        ).loss
+
+    def srpo(rows):
+        return srpo_loss(logp[rows], teacher[rows], srpo_routing(c[rows], g[rows]), mask[rows]).loss
+
+    everything = torch.arange(n)
+    for fn in (scope, sdpo, srpo):
+        close(fn(p), fn(everything), tol=1e-5)
