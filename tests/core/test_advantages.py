@@ -103,11 +103,6 @@ def test_group_functions_accept_an_empty_batch():
     assert group_pass_rates(empty_f, empty_i).shape == (0,)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="implementation bug: opd_advantages does not floor teacher log-probs at −1e4 (§5.7, which OPD "
-    "shares as SCOPE with the dual path off, §5.6); a −inf teacher log-prob on a valid token gives A = −inf",
-)
 def test_opd_advantages_floor_minus_inf_teacher_logprobs():
     # logp_old = −1, logp_T = −inf on a valid token: with the §5.7 floor, A = −(−1 − (−1e4)) = −9999 (finite).
     adv = opd_advantages(torch.tensor([[-1.0]]), torch.tensor([[-float("inf")]]), torch.ones(1, 1))

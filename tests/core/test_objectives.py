@@ -270,12 +270,6 @@ def test_srpo_loss_hand_case():
     assert out.metrics["sdpo_token_fraction"] == pytest.approx(0.25)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="implementation bug: scope_loss does not floor teacher log-probs at −1e4 (§5.7 'clamp teacher "
-    "log-probs to ≥ −1e4, never −inf'); one −inf teacher log-prob on a valid token gives a NaN loss when "
-    "the row's teacher weight is 0 (0·−inf) and an infinite loss otherwise",
-)
 def test_scope_loss_floors_minus_inf_teacher_logprobs():
     # Two wrong rows, on-policy. Row 0's teacher gives −inf to its first token. Per §5.7 the loss must equal
     # the loss with that log-prob at −1e4: finite (w_tea = 0 -> the row contributes 0; w_tea = 1 -> a large

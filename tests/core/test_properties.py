@@ -189,12 +189,6 @@ def test_policy_losses_ignore_finite_garbage_under_the_mask(shape, data):
     assert clean == pytest.approx(dirty, rel=1e-5, abs=1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="implementation bug: clipped_surrogate multiplies the advantage into every position before the "
-    "mask selects, so a NaN/inf advantage (or old log-prob) at a padded position gives a NaN gradient there, "
-    "which backprop carries into every parameter (issue 3: masked tokens change neither loss nor gradient)",
-)
 def test_policy_loss_gradient_ignores_non_finite_values_under_the_mask():
     # Minimal reproduction: one valid token (A = 1) and one padded token whose advantage is NaN (e.g. a
     # teacher log-prob −inf/NaN at padding in a hand-built OPD advantage). Loss −1 is right; the gradient

@@ -284,12 +284,6 @@ def test_entropy_weights_hand_case_and_empty_mask():
     assert entropy_weights(torch.ones(2, 3), torch.zeros(2, 3)).tolist() == [[0.0] * 3] * 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="implementation bug: scope_weights turns a +inf softmax logit into NaN (exp(inf − inf)); it "
-    "arises from a −inf teacher mean log-prob with teacher_exponent = +1 (the reversed-teacher ablation), "
-    "which §5.7's floor of teacher log-probs at −1e4 would keep finite",
-)
 def test_scope_weights_with_minus_inf_teacher_logprob_stay_finite():
     # Wrong rows with ℓT = (−inf, −1, −2), teacher_exponent = +1 (weight ∝ PPL_T^{+1}): with the §5.7 floor
     # ℓT = −1e4 the first row has by far the largest PPL and takes all the mean-1 mass: (3, 0, 0).

@@ -71,7 +71,7 @@ def policy_gradient_loss(
     out = student_forward(ctx.student, batch, ctx.temperature)
     sur = clipped_surrogate(
         out.logp_N_T, batch.old_logp_N_T, adv,
-        clip_low=cfg.clip_low, clip_high=cfg.clip_high, dual_clip=cfg.dual_clip,
+        clip_low=cfg.clip_low, clip_high=cfg.clip_high, dual_clip=cfg.dual_clip, mask_N_T=loss_mask_N_T,
     )  # fmt: skip
     loss = aggregate(sur.loss_N_T, loss_mask_N_T, cfg.agg, global_denominator=denom)
     return LossOutput(

@@ -104,6 +104,7 @@ class Srpo(Method):
         grpo = clipped_surrogate(
             out.logp_N_T, batch.old_logp_N_T, rows["adv_N"],
             clip_low=cfg.clip_low, clip_high=cfg.clip_high, dual_clip=cfg.dual_clip,
+            mask_N_T=batch.response_mask_N_T,
         )  # fmt: skip
         sdpo_N_T = torch.zeros_like(out.logp_N_T)
         idx = rows["sdpo_N"].nonzero().squeeze(-1)
