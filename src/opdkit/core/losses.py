@@ -42,7 +42,8 @@ def _check_mode(mode: str, denominator: str) -> None:
         raise ValueError(f"unknown denominator {denominator!r}; valid: {', '.join(DENOMINATORS)}")
     if denominator != "valid" and mode not in ("seq-mean-token-sum", "seq-mean-token-mean"):
         raise ValueError(
-            f"denominator {denominator!r} only applies to the seq-mean modes (it counts sequences), not {mode!r}"
+            f"denominator {denominator!r} only applies to the seq-mean modes (it counts sequences), "
+            f"not {mode!r}"
         )
 
 
