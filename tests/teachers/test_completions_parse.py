@@ -85,6 +85,7 @@ def test_choices_are_ordered_by_index(body):
             r"\[5\]: 1 alternatives, 2 asked",
         ),
         (lambda c: c.pop("prompt_logprobs") and c.pop("logprobs"), "neither prompt_logprobs nor logprobs"),
+        (lambda c: c["prompt_logprobs"][4]["17"].update(logprob=-0.5), "disagree"),  # lists out of step
     ],
 )
 def test_malformed_rows_are_refused(body, mutate, message):

@@ -86,11 +86,21 @@ def choices_by_index(body: Any, n_rows: int) -> list[dict[str, Any]]:
 
 
 def parse_choice(choice: dict[str, Any], ids: Sequence[int], n_response: int, top_k: int) -> RowLogprobs:
-    """Scores of the last ``n_response`` tokens of ``ids`` from one choice (see the module docstring)."""
+    """Scores of the last ``n_response`` tokens of ``ids`` from one choice (see the module docstring).
+
+    When both lists are present they must agree on the response's log-probs, which catches a list shifted so
+    that the scored token still appears among another position's top-k.
+    """
+    echo = choice.get("logprobs")
     if choice.get("prompt_logprobs") is not None:
-        return _from_prompt_logprobs(choice["prompt_logprobs"], ids, n_response, top_k)
-    if choice.get("logprobs") is not None:
-        return _from_echo_logprobs(choice["logprobs"], ids, n_response, top_k)
+        row = _from_prompt_logprobs(choice["prompt_logprobs"], ids, n_response, top_k)
+        if echo is not None:
+            other = _from_echo_logprobs(echo, ids, n_response, 0)
+            if any(abs(a - b) > 1e-6 for a, b in zip(row.logp_T, other.logp_T)):
+                raise MalformedRowError("prompt_logprobs and logprobs disagree on the response's log-probs")
+        return row
+    if echo is not None:
+        return _from_echo_logprobs(echo, ids, n_response, top_k)
     raise MalformedRowError("the choice has neither prompt_logprobs nor logprobs")
 
 
@@ -116,12 +126,14 @@ def _from_prompt_logprobs(entries: Any, ids: Sequence[int], n: int, k: int) -> R
     if not isinstance(entries, list) or len(entries) != len(ids):
         got = len(entries) if isinstance(entries, list) else type(entries).__name__
         raise MalformedRowError(f"prompt_logprobs has {got} entries for a {len(ids)}-token sequence")
+    for j in range(1, len(ids)):  # every position must score the token sent there, the prompt's too
+        if not isinstance(entries[j], dict) or str(ids[j]) not in entries[j]:
+            msg = f"prompt_logprobs[{j}] does not score the token sent there (id {ids[j]}): misaligned"
+            raise MalformedRowError(msg)
     logp, top_ids, top_logp = [], [], []
     for j in range(len(ids) - n, len(ids)):
         where = f"prompt_logprobs[{j}]"
         entry = entries[j]
-        if not isinstance(entry, dict) or str(ids[j]) not in entry:
-            raise MalformedRowError(f"{where} does not score the token sent there (id {ids[j]}): misaligned")
         logp.append(_logprob(entry[str(ids[j])], where))
         if k:
             if not all(key.isdigit() for key in entry):
@@ -153,14 +165,13 @@ def _from_echo_logprobs(obj: Any, ids: Sequence[int], n: int, k: int) -> RowLogp
         raise MalformedRowError(f"logprobs.token_logprobs has {got} entries for a {len(ids)}-token sequence")
     tokens = obj.get("tokens") or []
     tops = obj.get("top_logprobs") or []
+    for j, name in enumerate(tokens[: len(ids)]):  # names are checkable only in the token_id form
+        if isinstance(name, str) and name.startswith(TOKEN_ID_PREFIX) and _token_id(name, "") != ids[j]:
+            msg = f"logprobs[{j}] scores {name}, not the token sent there (id {ids[j]}): misaligned"
+            raise MalformedRowError(msg)
     logp, top_ids, top_logp = [], [], []
     for j in range(len(ids) - n, len(ids)):
         where = f"logprobs[{j}]"
-        name = tokens[j] if j < len(tokens) else None
-        if isinstance(name, str) and name.startswith(TOKEN_ID_PREFIX) and _token_id(name, where) != ids[j]:
-            raise MalformedRowError(
-                f"{where} scores {name}, not the token sent there (id {ids[j]}): misaligned"
-            )
         logp.append(_logprob(values[j], where))
         if k:
             top = tops[j] if j < len(tops) else None

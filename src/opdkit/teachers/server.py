@@ -342,11 +342,11 @@ class ServerTeacher:
         """Rows worth sending; trivially scored (empty responses) and hopeless rows are settled here."""
         to_send = []
         for row in rows:
-            if self.config.temperature != 1.0 and not (info and info.is_opdkit):
+            if row.n_response == 0:
+                outcome.scores[row.index] = RowLogprobs([], [], [])
+            elif self.config.temperature != 1.0 and not (info and info.is_opdkit):
                 outcome.failed[row.index] = "log-prob temperature != 1 needs a confirmed opdkit server"
                 outcome.counts["errors/unsupported_temperature"] += 1
-            elif row.n_response == 0:
-                outcome.scores[row.index] = RowLogprobs([], [], [])
             elif info and info.max_model_len and len(row.ids) + 1 > info.max_model_len:
                 outcome.failed[row.index] = f"{len(row.ids)} tokens + 1 > max_model_len {info.max_model_len}"
                 outcome.counts["errors/too_long"] += 1
