@@ -112,3 +112,32 @@ def test_batcher_max_rows_one_disables_batching(tiny_lm):
     asyncio.run(main())
     batcher.close()
     assert engine.forward_passes == len(ROWS) and engine.max_rows_per_forward == 1
+
+
+def test_failed_forward_fails_its_requests_and_the_batcher_goes_on(tiny_lm):
+    import copy
+
+    model = copy.deepcopy(tiny_lm[0])
+    engine = ScoringEngine(model, tiny_lm[1])
+    batcher = Batcher(engine, max_batch_tokens=1000)
+    head = model.get_output_embeddings().weight
+    saved = head.data.clone()
+
+    async def main():
+        task = asyncio.create_task(batcher.run())
+        try:
+            head.data[5] = float("nan")  # every distribution becomes NaN: the forward's rows must fail
+            failure = None
+            try:
+                await batcher.score([RowRequest(ids=ROWS[0])])
+            except FloatingPointError as exc:
+                failure = exc
+            head.data.copy_(saved)
+            return failure, await batcher.score([RowRequest(ids=ROWS[1])])
+        finally:
+            task.cancel()
+
+    failure, (after,) = asyncio.run(main())
+    batcher.close()
+    assert isinstance(failure, FloatingPointError) and "non-finite" in str(failure)
+    _check_against_local(tiny_lm[0], RowRequest(ids=ROWS[1]), after)
