@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from opdkit.serve.batcher import Batcher
@@ -139,7 +139,19 @@ def create_app(engine: ScoringEngine, config: ServeConfig) -> FastAPI:
         log.exception("request failed")
         return _error_response(ApiError(500, f"internal error: {type(exc).__name__}: {exc}"))
 
-    @app.get("/health")
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [_model_card(engine, config, name, limits)]}
+
+    app.include_router(_scoring_routes(engine, batcher, limits, name))
+    app.include_router(_tokenizer_routes(engine))
+    return app
+
+
+def _scoring_routes(engine: ScoringEngine, batcher: Batcher, limits: Limits, name: str) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/health")
     async def health() -> dict[str, Any]:
         return {
             "status": "ok",
@@ -148,11 +160,7 @@ def create_app(engine: ScoringEngine, config: ServeConfig) -> FastAPI:
             "max_rows_per_forward": engine.max_rows_per_forward,
         }
 
-    @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [_model_card(engine, config, name, limits)]}
-
-    @app.post("/v1/completions")
+    @router.post("/v1/completions")
     async def completions(request: Request) -> Response:
         req, prompts = parse_completion_request(await _json_body(request), limits)
         if req.model is not None and req.model != name:
@@ -169,7 +177,13 @@ def create_app(engine: ScoringEngine, config: ServeConfig) -> FastAPI:
 
         return Response(await asyncio.to_thread(render), media_type="application/json")
 
-    @app.post("/tokenize")
+    return router
+
+
+def _tokenizer_routes(engine: ScoringEngine) -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/tokenize")
     async def tokenize(request: Request) -> dict[str, Any]:
         body = await _json_body(request)
         text = body.get("prompt") if isinstance(body, dict) else None
@@ -179,7 +193,7 @@ def create_app(engine: ScoringEngine, config: ServeConfig) -> FastAPI:
         ids = engine.tokenizer(text, add_special_tokens=special)["input_ids"]
         return {"tokens": ids, "count": len(ids), "max_model_len": engine.info.max_model_len}
 
-    @app.post("/detokenize")
+    @router.post("/detokenize")
     async def detokenize(request: Request) -> dict[str, Any]:
         body = await _json_body(request)
         ids = body.get("tokens") if isinstance(body, dict) else None
@@ -189,7 +203,7 @@ def create_app(engine: ScoringEngine, config: ServeConfig) -> FastAPI:
             raise ApiError(400, msg, param="tokens")
         return {"prompt": engine.decode(ids)}
 
-    return app
+    return router
 
 
 def serve(config: ServeConfig) -> None:

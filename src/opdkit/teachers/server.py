@@ -116,10 +116,15 @@ class ServerTeacherConfig:
 
 @dataclass(frozen=True)
 class ServerInfo:
-    """What ``GET /v1/models`` says about the served model (``fingerprint``: opdkit servers only)."""
+    """What ``GET /v1/models`` says about the served model.
+
+    max_sequence_tokens: the longest prompt ⊕ response the server accepts with ``max_tokens=1``
+      (``max_model_len - 1``, and at most ``max_batch_tokens`` on an opdkit server); None when unknown.
+    fingerprint: the tokenizer fingerprint (opdkit servers only).
+    """
 
     model: str
-    max_model_len: int | None
+    max_sequence_tokens: int | None
     fingerprint: dict[str, Any] | None
     is_opdkit: bool
 
@@ -237,7 +242,7 @@ class ServerTeacher:
         extra = card.get("opdkit") if isinstance(card.get("opdkit"), dict) else None
         return ServerInfo(
             model=name,
-            max_model_len=card.get("max_model_len"),
+            max_sequence_tokens=_max_sequence_tokens(card, extra),
             fingerprint=extra.get("tokenizer") if extra else None,
             is_opdkit=extra is not None,
         )
@@ -347,8 +352,10 @@ class ServerTeacher:
             elif self.config.temperature != 1.0 and not (info and info.is_opdkit):
                 outcome.failed[row.index] = "log-prob temperature != 1 needs a confirmed opdkit server"
                 outcome.counts["errors/unsupported_temperature"] += 1
-            elif info and info.max_model_len and len(row.ids) + 1 > info.max_model_len:
-                outcome.failed[row.index] = f"{len(row.ids)} tokens + 1 > max_model_len {info.max_model_len}"
+            elif info and info.max_sequence_tokens and len(row.ids) > info.max_sequence_tokens:
+                outcome.failed[row.index] = (
+                    f"{len(row.ids)} tokens; the server takes {info.max_sequence_tokens}"
+                )
                 outcome.counts["errors/too_long"] += 1
             else:
                 to_send.append(row)
@@ -414,6 +421,16 @@ def _rows(
     if width < longest:
         raise ValueError(f"pad_to={pad_to} is shorter than the longest response ({longest} tokens)")
     return rows, width
+
+
+def _max_sequence_tokens(card: dict[str, Any], extra: dict[str, Any] | None) -> int | None:
+    """``max_model_len - 1`` (room for the generated token), capped by an opdkit server's batch budget."""
+    caps = []
+    if isinstance(card.get("max_model_len"), int):
+        caps.append(card["max_model_len"] - 1)
+    if extra and isinstance(extra.get("max_batch_tokens"), int):
+        caps.append(extra["max_batch_tokens"])
+    return min(caps) if caps else None
 
 
 def _first_difference(theirs: list[Any], ours: list[int]) -> str:
