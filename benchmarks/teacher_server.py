@@ -8,9 +8,12 @@ padded forwards (``max_batch_rows`` 256, ``--max-batch-tokens``) and one running
 2. ``--clients`` concurrent clients (threads, each its own ``ServerTeacher`` on a slice of the rows) on the
    batched server;
 3. the same concurrent clients on the unbatched server;
+4. one client sending ``--clients`` rows per request on the batched server (HTTP cost shared by the rows);
 
-and prints rows scored per second (median of the rounds) and the two ratios 2/1 and 2/3. Without ``--model`` a
-random Llama is built in a temporary directory (``--hidden``, ``--layers``, vocabulary 512).
+and prints rows scored per second (median of the rounds) and the two ratios 2/1 and 2/3. For reference it also
+times the scoring engine in this process without HTTP: all rows in forwards of ``--clients`` rows vs one row
+per forward (the ceiling batching can reach). Without ``--model`` a random Llama is built in a temporary
+directory (``--hidden``, ``--layers``, vocabulary 512).
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/teacher_server.py [--rows 64] [--clients 8]
 """
@@ -90,15 +93,14 @@ def start_server(
     raise RuntimeError(f"server did not start:\n{log.read_text()}")
 
 
-def rows_per_second(url: str, prompts: list, responses: list, clients: int) -> tuple[float, float]:
+def rows_per_second(url: str, prompts: list, responses: list, clients: int, per_request: int = 1):
     """Score all rows with ``clients`` threads, each a sequential ServerTeacher on its slice.
 
     Returns rows per second and the server's mean rows per forward pass during the run.
     """
     slices = [(prompts[i::clients], responses[i::clients]) for i in range(clients)]
-    teachers = [
-        ServerTeacher(ServerTeacherConfig(url=url, rows_per_request=1, max_concurrency=1)) for _ in slices
-    ]
+    config = ServerTeacherConfig(url=url, rows_per_request=per_request, max_concurrency=1)
+    teachers = [ServerTeacher(config) for _ in slices]
     failed = []
 
     def work(teacher: ServerTeacher, p: list, r: list) -> None:
@@ -119,6 +121,22 @@ def rows_per_second(url: str, prompts: list, responses: list, clients: int) -> t
     if sum(failed):
         raise RuntimeError(f"{sum(failed)} rows failed")
     return len(prompts) / elapsed, (after["rows_scored"] - before["rows_scored"]) / max(1, forwards)
+
+
+def engine_rows_per_second(model: str, prompts: list, responses: list, batch: int) -> float:
+    """Rows per second of ``ScoringEngine.score_rows`` alone, ``batch`` rows per forward (median of 3)."""
+    from opdkit.serve.engine import RowRequest, ScoringEngine
+
+    engine = ScoringEngine.from_pretrained(model)
+    rows = [RowRequest(ids=tuple(p + r)) for p, r in zip(prompts, responses)]
+    engine.score_rows(rows[:batch])  # warm-up
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        for i in range(0, len(rows), batch):
+            engine.score_rows(rows[i : i + batch])
+        times.append(time.perf_counter() - start)
+    return len(rows) / statistics.median(times)
 
 
 def main() -> None:
@@ -147,11 +165,16 @@ def main() -> None:
     try:
         for url in (b_url, u_url):  # warm-up
             rows_per_second(url, prompts[:8], responses[:8], 2)
-        settings = {"seq": (b_url, 1), "conc": (b_url, args.clients), "conc_unbatched": (u_url, args.clients)}
+        settings = {
+            "seq": (b_url, 1, 1),
+            "conc": (b_url, args.clients, 1),
+            "conc_unbatched": (u_url, args.clients, 1),
+            "seq_multi": (b_url, 1, args.clients),
+        }
         runs: dict[str, list[tuple[float, float]]] = {k: [] for k in settings}
         for _ in range(args.repeats):  # interleaved, so slow drifts of a shared machine hit every setting
-            for key, (url, clients) in settings.items():
-                runs[key].append(rows_per_second(url, prompts, responses, clients))
+            for key, (url, clients, per_request) in settings.items():
+                runs[key].append(rows_per_second(url, prompts, responses, clients, per_request))
     finally:
         for proc in (batched, unbatched):
             proc.terminate()
@@ -169,12 +192,18 @@ def main() -> None:
         "seq": "1 sequential client, batched server",
         "conc": f"{args.clients} concurrent clients, batched server",
         "conc_unbatched": f"{args.clients} concurrent clients, unbatched server",
+        "seq_multi": f"1 client, {args.clients} rows per request, batched",
     }
     for key, name in names.items():
         print(f"{name:<46}{med[key]:>10.1f}{per_forward[key]:>14.2f}")
     print(f"ratio {args.clients} concurrent / 1 sequential (batched server): {med['conc'] / med['seq']:.2f}x")
     ratio = med["conc"] / med["conc_unbatched"]
     print(f"ratio batched / unbatched server ({args.clients} clients): {ratio:.2f}x")
+    one = engine_rows_per_second(model, prompts, responses, 1)
+    many = engine_rows_per_second(model, prompts, responses, args.clients)
+    print(f"{f'engine alone (no HTTP), {args.clients} rows per forward':<46}{many:>10.1f}")
+    print(f"{'engine alone (no HTTP), 1 row per forward':<46}{one:>10.1f}")
+    print(f"ratio engine batched / unbatched: {many / one:.2f}x")
 
 
 if __name__ == "__main__":
