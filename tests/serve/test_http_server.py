@@ -152,6 +152,8 @@ BAD_REQUESTS = [
     (json.dumps({"prompt": [1, 4], "n": 2}).encode(), 400, "n must be 1"),
     (json.dumps({"prompt": [1, 4], "stream": True}).encode(), 400, "stream"),
     (json.dumps({"prompt": [1, 4], "model": "other"}).encode(), 404, "does not exist"),
+    (b'{"prompt": [1, 4], "temperature": NaN}', 400, "temperature must be a finite number"),
+    (json.dumps({"prompt": [[1, 4]] * 1025}).encode(), 400, "1025 prompts in one request; at most 1024"),
 ]
 
 

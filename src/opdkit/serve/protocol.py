@@ -22,6 +22,7 @@ entries. Log-probs are clamped to >= -9999.0 as in vLLM (JSON has no -inf). Erro
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -102,6 +103,9 @@ def parse_completion_request(body: Any, limits: Limits) -> tuple[CompletionReque
         req = req.model_copy(update={"max_tokens": 1})
     prompts = _parse_prompt(req.prompt)
     _check_options(req, limits)
+    if len(prompts) > limits.max_prompts:
+        msg = f"{len(prompts)} prompts in one request; at most {limits.max_prompts}"
+        raise ApiError(400, msg, param="prompt")
     max_len = min(limits.info.max_model_len - (req.max_tokens or 0), limits.max_batch_tokens)
     for i, ids in enumerate(prompts):
         if not ids:
@@ -118,9 +122,6 @@ def parse_completion_request(body: Any, limits: Limits) -> tuple[CompletionReque
         if bad is not None:
             msg = f"prompt {i}: token id {bad} is out of range [0, {limits.info.vocab_size})"
             raise ApiError(400, msg, param="prompt")
-    if len(prompts) > limits.max_prompts:
-        msg = f"{len(prompts)} prompts in one request; at most {limits.max_prompts}"
-        raise ApiError(400, msg, param="prompt")
     return req, prompts
 
 
@@ -154,10 +155,10 @@ def _check_options(req: CompletionRequest, limits: Limits) -> None:
         k = getattr(req, name)
         if k is not None and not 0 <= k <= limits.max_logprobs:
             raise ApiError(400, f"{name} must be between 0 and {limits.max_logprobs}, got {k}", param=name)
-    if req.temperature is not None and req.temperature < 0:
-        raise ApiError(400, "temperature must be >= 0", param="temperature")
-    if not req.logprob_temperature > 0:
-        raise ApiError(400, "logprob_temperature must be > 0", param="logprob_temperature")
+    if req.temperature is not None and not (math.isfinite(req.temperature) and req.temperature >= 0):
+        raise ApiError(400, "temperature must be a finite number >= 0", param="temperature")
+    if not (math.isfinite(req.logprob_temperature) and req.logprob_temperature > 0):
+        raise ApiError(400, "logprob_temperature must be a finite number > 0", param="logprob_temperature")
 
 
 def effective_prompt_logprobs(req: CompletionRequest) -> int | None:
