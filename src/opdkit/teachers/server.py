@@ -14,6 +14,8 @@ K = ``top_k`` (0: only the sampled tokens' log-probs). vLLM answers with ``choic
 ``{"<id>": {"logprob", "rank", "decoded_token"}}`` per token, ``null`` first) and the OpenAI ``logprobs`` echo
 lists; ``opdkit.teachers.completions`` documents and checks both. ``top_k`` > 0 returns the teacher's top-K
 support (ALGORITHMS.md §3.3, remote-teacher variant); vLLM caps K at ``--max-logprobs`` (20 by default).
+A log-prob ``temperature`` other than 1 (ALGORITHMS.md §11 A4) adds ``"logprob_temperature": T``, which only
+``opdkit serve-teacher`` understands; against any other server such rows fail and ``check_tokenizer`` refuses.
 
 Reliability (DESIGN.md "Reliability", ALGORITHMS.md §5.7):
 
