@@ -23,10 +23,12 @@ from opdkit.core.registry import Registry
 class TeacherScores:
     """Teacher scores for N rows, right-padded to T response tokens.
 
-    logp_N_T: float32 log π_T(y_t | x, y_<t) of each response token; 0.0 at padding; NaN on invalid rows.
+    logp_N_T: float32 log π_T(y_t | x, y_<t) of each response token; 0.0 at padding; NaN on invalid rows
+      (the whole row, padding included).
     valid_N: bool, True where the row was scored completely.
-    topk_ids_N_T_K / topk_logp_N_T_K: the teacher's top-K alternatives per position (server teachers asked
-      for top_k > 1, ALGORITHMS.md §3.3 remote-teacher variant); None otherwise.
+    topk_ids_N_T_K / topk_logp_N_T_K: the teacher's top-K alternatives per position, most likely first
+      (``score(top_k=K)`` with K > 0; ALGORITHMS.md §3.3 remote-teacher variant); None when top_k == 0.
+      Padding: id 0 and log-prob 0.0; invalid rows: id 0 and NaN log-probs.
     stats: counters for logging (``teacher/failed_rows``, ``teacher/retries``, ...).
     """
 
@@ -35,6 +37,11 @@ class TeacherScores:
     topk_ids_N_T_K: torch.Tensor | None = None
     topk_logp_N_T_K: torch.Tensor | None = None
     stats: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def failed_rows(self) -> int:
+        """Rows without scores in this call (the loop's consecutive-failure stop counts calls with any)."""
+        return int((~self.valid_N).sum())
 
 
 class Teacher(Protocol):
