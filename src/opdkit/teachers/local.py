@@ -78,6 +78,8 @@ class LocalTeacher:
 
 
 @TEACHERS.register("local")
-def make_local_teacher(*, path: str, device: str = "cpu", temperature: float = 1.0, **_: Any) -> LocalTeacher:
+def make_local_teacher(*, path: str, device: str = "cpu", temperature: float = 1.0) -> LocalTeacher:
     """Factory for ``teacher.kind=local``: loads ``path`` with transformers."""
+    if not path:
+        raise ValueError("teacher.kind=local needs teacher.path (a Hugging Face model directory)")
     return LocalTeacher.from_path(path, device=device, temperature=temperature)

@@ -86,6 +86,9 @@ class TeacherConfig:
     timeout_s: float = doc(60.0, "server teacher: per-request timeout")
     max_retries: int = doc(4, "server teacher: retries per request (exponential backoff with jitter)")
     concurrency: int = doc(4, "server teacher: requests in flight")
+    temperature: float | None = doc(
+        None, "teacher log-prob temperature (None = the student's log-prob temperature, §11 A4; 1.0 for vLLM)"
+    )
     rows_per_request: int = doc(8, "server teacher: rows batched into one request")
     max_failed_steps: int = doc(
         3, "stop the run (after a checkpoint) after this many consecutive steps with failed rows"
