@@ -138,6 +138,20 @@ class MathVerifyPool:
                 self._live -= 1
             raise
 
+    def start(self) -> None:
+        """Start every worker now (otherwise each starts on first use), e.g. before timing or training."""
+        with self._lock:
+            missing = self.size - self._live
+            self._live += missing
+        started = 0
+        try:
+            for _ in range(missing):
+                self._idle.put(_Worker())
+                started += 1
+        finally:
+            with self._lock:
+                self._live -= missing - started
+
     def _discard(self, worker: _Worker) -> None:
         worker.kill()
         with self._lock:
