@@ -25,6 +25,8 @@ PATHOLOGICAL = r"9^{9^{9^{9}}}"  # sympy tries to evaluate a number with ~10^369
 
 def test_many_threads_share_a_pool_and_get_the_right_answers():
     pool = shared_pool(2)
+    pool.start()  # both workers now, rather than on first use
+    assert len(pool.worker_pids()) == 2
     results: dict[int, bool] = {}
 
     def work(k: int) -> None:
@@ -119,3 +121,21 @@ def test_works_inside_daemonic_forked_workers():
 def test_pool_size_must_be_positive():
     with pytest.raises(ValueError, match="pool size"):
         MathVerifyPool(0)
+
+
+def test_a_waiting_thread_gets_a_new_worker_when_the_busy_one_is_killed():
+    pool = MathVerifyPool(1)
+    pool.start()
+    (pid,) = pool.worker_pids()
+    os.kill(pid, signal.SIGSTOP)
+    results = {}
+    first = threading.Thread(target=lambda: results.update(a=pool.equivalent("1", "1", timeout_s=0.5)))
+    first.start()
+    time.sleep(0.2)  # the only worker is on loan to `first`: `second` has to wait for the slot
+    second = threading.Thread(target=lambda: results.update(b=pool.equivalent("x^2", "x \\cdot x")))
+    second.start()
+    first.join(30)
+    second.join(30)
+    assert not first.is_alive() and not second.is_alive()
+    assert results == {"a": False, "b": True}  # the stuck worker was killed; its slot started a fresh one
+    pool.close()

@@ -108,54 +108,43 @@ class _Worker:
 
 
 class MathVerifyPool:
-    """Up to ``size`` math-verify worker processes shared by any number of threads."""
+    """Up to ``size`` math-verify worker processes shared by any number of threads.
+
+    The queue holds one entry per slot that is not on loan: an idle worker, or None for a free slot whose
+    worker has not been started yet (or was killed). A borrower that takes None starts a worker in that slot,
+    so a thread waiting for a worker is never stranded when another thread's worker is killed.
+    """
 
     def __init__(self, size: int) -> None:
         if size < 1:
             raise ValueError(f"pool size must be >= 1, got {size}")
         self.size = size
         self.pid = os.getpid()
-        self._idle: queue.LifoQueue[_Worker] = queue.LifoQueue()
+        self._slots: queue.Queue[_Worker | None] = queue.Queue()
+        for _ in range(size):
+            self._slots.put(None)
         self._lock = threading.Lock()
-        self._live = 0
         self.timeouts = 0  # checks that ran past their deadline (worker answered "timeout" or was killed)
 
     def _borrow(self) -> _Worker:
-        try:
-            return self._idle.get_nowait()
-        except queue.Empty:
-            pass
-        with self._lock:
-            start_one = self._live < self.size
-            if start_one:
-                self._live += 1
-        if not start_one:
-            return self._idle.get()
+        slot = self._slots.get()  # blocks while every slot is on loan
+        if slot is not None:
+            return slot
         try:
             return _Worker()
         except BaseException:
-            with self._lock:
-                self._live -= 1
+            self._slots.put(None)  # give the slot back; the next borrower tries again
             raise
 
     def start(self) -> None:
         """Start every worker now (otherwise each starts on first use), e.g. before timing or training."""
-        with self._lock:
-            missing = self.size - self._live
-            self._live += missing
-        started = 0
-        try:
-            for _ in range(missing):
-                self._idle.put(_Worker())
-                started += 1
-        finally:
-            with self._lock:
-                self._live -= missing - started
+        borrowed = [self._borrow() for _ in range(self.size)]  # an empty slot starts a worker when borrowed
+        for worker in borrowed:
+            self._slots.put(worker)
 
-    def _discard(self, worker: _Worker) -> None:
-        worker.kill()
+    def _count_timeout(self) -> None:
         with self._lock:
-            self._live -= 1
+            self.timeouts += 1
 
     def equivalent(self, gold: str, pred: str, *, timeout_s: float = 5.0) -> bool:
         """math-verify's ``verify(parse(gold), parse(pred))``, bounded by ``timeout_s`` (+1 s grace).
@@ -165,28 +154,31 @@ class MathVerifyPool:
         worker = self._borrow()
         reply = worker.ask(gold, pred, timeout_s)
         if reply is None:  # late or dead: a stuck worker cannot be trusted with the next request
-            self._discard(worker)
-            self.timeouts += 1
+            worker.kill()
+            self._slots.put(None)
+            self._count_timeout()
             return False
-        self._idle.put(worker)
+        self._slots.put(worker)
         if reply.get("error") == "timeout":
-            self.timeouts += 1
+            self._count_timeout()
         return bool(reply.get("ok"))
 
     def worker_pids(self) -> list[int]:
         """Process ids of the idle workers (for monitoring; a busy worker is not listed)."""
-        return [w.proc.pid for w in list(self._idle.queue)]
+        return [w.proc.pid for w in list(self._slots.queue) if w is not None]
 
     def close(self) -> None:
-        """Stop the idle workers (workers on loan are stopped by their borrowers' next discard)."""
+        """Stop the idle workers; their slots stay usable (a later call starts a new worker)."""
+        workers = []
         while True:
             try:
-                worker = self._idle.get_nowait()
+                workers.append(self._slots.get_nowait())
             except queue.Empty:
-                return
-            worker.close()
-            with self._lock:
-                self._live -= 1
+                break
+        for worker in workers:
+            if worker is not None:
+                worker.close()
+            self._slots.put(None)
 
 
 _POOLS: dict[int, MathVerifyPool] = {}
