@@ -109,6 +109,13 @@ def test_abs_tol_for_toleranced_numeric_answers():
     assert not MathVerifier(abs_tol=0.1)(said("4.35"), "4.2").correct
 
 
+def test_huge_answers_are_wrong_without_math_verify():
+    huge = "+".join(["1"] * 6000)  # 11,999 characters: longer than MAX_ANSWER_CHARS, never sent to a worker
+    assert verify.quick_check("6000", huge) is False
+    assert not verify(said(huge), "6000").correct
+    assert verify(said(huge), huge).correct  # string-equal answers are still right
+
+
 def test_gold_answer_unwraps():
     assert gold_answer(r" \boxed{\frac{1}{2}} ") == r"\frac{1}{2}"
     assert gold_answer("$42$") == "42"

@@ -50,7 +50,14 @@ def _check(parse, verify, gold: str, pred: str, timeout_s: float) -> dict:
         signal.setitimer(signal.ITIMER_REAL, 0)
 
 
+def _send(stream, message: dict) -> None:
+    stream.write(json.dumps(message) + "\n")
+    stream.flush()
+
+
 def main() -> None:
+    protocol = sys.stdout
+    sys.stdout = sys.stderr  # anything a library prints must not land in the reply stream
     signal.signal(signal.SIGALRM, _on_alarm)
     try:
         import logging
@@ -58,11 +65,11 @@ def main() -> None:
         logging.disable(logging.WARNING)  # math-verify logs every timeout and parse failure
         from math_verify import parse, verify
     except ImportError as exc:
-        print(json.dumps({"fatal": f"math-verify is not importable: {exc}"}), flush=True)
+        _send(protocol, {"fatal": f"math-verify is not importable: {exc}"})
         return
     # Warm up (builds the LaTeX grammar, ~1 s) so the first real request's deadline is not spent here.
     _check(parse, verify, "\\frac{1}{2}", "0.5", 60.0)
-    print(json.dumps({"ready": True}), flush=True)
+    _send(protocol, {"ready": True})
     for line in sys.stdin:  # EOF (the parent closed the pipe or died) ends the worker
         try:
             gold, pred, timeout_s = json.loads(line)
@@ -71,8 +78,7 @@ def main() -> None:
             reply = {"ok": False, "error": "timeout"}
         except (ValueError, TypeError) as exc:
             reply = {"ok": False, "error": f"bad request: {exc}"[:200]}
-        sys.stdout.write(json.dumps(reply) + "\n")
-        sys.stdout.flush()
+        _send(protocol, reply)
 
 
 if __name__ == "__main__":

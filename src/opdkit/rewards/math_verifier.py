@@ -48,6 +48,9 @@ WRONG_ANSWER_FEEDBACK = (
     "Your boxed final answer was parsed, but it is incorrect. Recheck the reasoning and final calculation."
 )
 FEEDBACK_MODES = ("none", "format", "safe", "oracle")
+MAX_ANSWER_CHARS = (
+    10_000  # longer answers that are not string-equal to the gold are wrong without math-verify
+)
 
 
 def oracle_feedback(ground_truth: str) -> str:
@@ -121,13 +124,19 @@ class MathVerifier:
         return boxed or None
 
     def quick_check(self, gold: str, pred: str) -> bool | None:
-        """The fast path: True/False when normal forms settle it, None when math-verify must decide."""
+        """The fast path: True/False when normal forms settle it, None when math-verify must decide.
+
+        An answer longer than ``MAX_ANSWER_CHARS`` that is not string-equal to the gold is wrong: no gold is
+        that long, and such a request would only occupy a worker until its deadline.
+        """
         gold_norm, pred_norm = normalize_answer(gold), normalize_answer(pred)
         if gold_norm == pred_norm:
             return True
         gold_num, pred_num = as_number(gold_norm), as_number(pred_norm)
         if gold_num is not None and pred_num is not None:
             return abs(gold_num - pred_num) <= self.abs_tol
+        if max(len(gold), len(pred)) > MAX_ANSWER_CHARS:
+            return False
         return None
 
     def equivalent(self, gold: str, pred: str) -> bool:

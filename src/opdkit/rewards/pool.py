@@ -88,7 +88,10 @@ class _Worker:
         except OSError:  # BrokenPipeError: the worker is gone
             return None
         line = self._read_line(time.monotonic() + timeout_s + _GRACE_S)
-        return None if line is None else json.loads(line)
+        try:
+            return None if line is None else json.loads(line)
+        except json.JSONDecodeError:  # the protocol is out of step: treat the worker as broken
+            return None
 
     def kill(self) -> None:
         self.proc.kill()
