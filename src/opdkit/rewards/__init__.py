@@ -14,7 +14,7 @@ Registered verifiers (``VERIFIERS``; build one with ``make_verifier(name, **opti
 cheap: math-verify is only imported by the worker processes that run it.
 """
 
-from opdkit.rewards import math_verifier, mcq, toolcall  # noqa: F401  (register the verifiers)
+from opdkit.rewards import math_verifier, mcq, synthetic, toolcall  # noqa: F401  (register the verifiers)
 from opdkit.rewards.base import VERIFIERS, Verdict, Verifier, make_verifier, verify_batch
 from opdkit.rewards.math_verifier import MathVerifier
 from opdkit.rewards.mcq import MultipleChoiceVerifier

@@ -80,6 +80,7 @@ def train(
     """
     if torch.device(resolve_device(cfg.model.device)).type == "cpu":
         torch.set_num_threads(cfg.threads)
+    _quiet_transformers()
     seed_everything(cfg.seed)
     run = RunDir.open(run_dir, cfg, resume=resume, overwrite=overwrite)
     device = resolve_device(cfg.model.device)
@@ -178,6 +179,14 @@ def train(
             status = f"stopped: teacher failed on {teacher_failures} consecutive steps"
             return TrainResult(run.path, step, status, last_eval)
     return TrainResult(run.path, cfg.steps, status, last_eval)
+
+
+def _quiet_transformers() -> None:
+    """No per-load progress bars in the middle of the run's own output."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 def _params(cfg: TrainConfig, *, n: int | None = None, temperature: float | None = None) -> SamplingParams:

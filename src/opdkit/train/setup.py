@@ -90,23 +90,43 @@ def load_data(cfg: TrainConfig, tokenizer: Any, chat_kwargs: dict) -> Data:
     return Data(train=train, eval=held_out, train_prompt_ids=prompt_ids)
 
 
-def make_external_teacher(cfg: TrainConfig, models: Models, device: torch.device, temperature: float) -> Any:
-    """The ``teacher.kind`` teacher (None for 'none'); its tokenizer must equal the student's."""
-    if cfg.teacher.kind == "none":
-        return None
-    import opdkit.teachers.local
-    import opdkit.teachers.server  # noqa: F401
-
-    path = cfg.teacher.path
-    if cfg.teacher.kind == "local" and path in ("", "tiny"):
+def _local_options(t: Any, models: Models, device: torch.device, temperature: float) -> dict[str, Any]:
+    path = t.path
+    if path in ("", "tiny"):
         if models.teacher_path is None:
             raise ValueError(
                 "teacher.kind=local needs teacher.path (or model.student=tiny for the tiny teacher)"
             )
         path = models.teacher_path
-    teacher = TEACHERS.get(cfg.teacher.kind)(
-        cfg.teacher, path=path, device=str(device), temperature=temperature
-    )
+    return {"path": path, "device": str(device), "temperature": temperature}
+
+
+def _server_options(t: Any, models: Models, device: torch.device, temperature: float) -> dict[str, Any]:
+    if not t.url:
+        raise ValueError("teacher.kind=server needs teacher.url")
+    return {
+        "url": t.url, "model": t.model or None, "api_key": t.api_key or None, "timeout_s": t.timeout_s,
+        "max_retries": t.max_retries, "max_concurrency": t.concurrency, "rows_per_request": t.rows_per_request,
+        "temperature": temperature,
+    }  # fmt: skip
+
+
+# teacher.kind -> the factory's keyword options, from the ``teacher`` config section
+_TEACHER_OPTIONS = {"local": _local_options, "server": _server_options}
+
+
+def make_external_teacher(cfg: TrainConfig, models: Models, device: torch.device, temperature: float) -> Any:
+    """The ``teacher.kind`` teacher; its tokenizer must equal the student's (ids are sent as they are)."""
+    if cfg.teacher.kind == "none":
+        raise ValueError(
+            f"method {cfg.method.name} needs an external teacher: set teacher.kind=local or server"
+        )
+    import opdkit.teachers.local
+    import opdkit.teachers.server  # noqa: F401  (register the kinds)
+
+    t = cfg.teacher
+    temperature = temperature if t.temperature is None else t.temperature
+    teacher = TEACHERS.get(t.kind)(**_TEACHER_OPTIONS[t.kind](t, models, device, temperature))
     teacher.check_tokenizer(models.tokenizer)
     return teacher
 
