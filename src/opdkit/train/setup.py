@@ -106,7 +106,8 @@ def _server_options(t: Any, models: Models, device: torch.device, temperature: f
         raise ValueError("teacher.kind=server needs teacher.url")
     return {
         "url": t.url, "model": t.model or None, "api_key": t.api_key or None, "timeout_s": t.timeout_s,
-        raise ValueError(f"method {cfg.method.name} needs an external teacher: teacher.kind=local or server")
+        "max_retries": t.max_retries, "max_concurrency": t.concurrency,
+        "rows_per_request": t.rows_per_request,
         "temperature": temperature,
     }  # fmt: skip
 
