@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from toy_verifier import HALF_OF_THE_VOCABULARY, register
 
 register()

@@ -49,11 +49,10 @@ def test_scope_without_weights_is_opd_on_wrong_plus_mle_on_correct(step_setup):
     correct = batch.success_N.unsqueeze(-1)
     ctx.student.zero_grad(set_to_none=True)
     logp = student_forward(ctx.student, batch, ctx.temperature).logp_N_T
-    adv = torch.where(
-        mask & ~correct, teacher.logp_N_T - batch.old_logp_N_T, 0.0
-    )  # OPD advantage, wrong rows
-    opd = aggregate(clipped_surrogate(logp, batch.old_logp_N_T, adv, clip_low=0.2, clip_high=0.2).loss_N_T, mask,
-                    "token-mean")  # fmt: skip
+    # OPD advantage on the wrong rows, 0 on the correct ones; token-mean over every valid token
+    adv = torch.where(mask & ~correct, teacher.logp_N_T - batch.old_logp_N_T, 0.0)
+    surrogate = clipped_surrogate(logp, batch.old_logp_N_T, adv, clip_low=0.2, clip_high=0.2)
+    opd = aggregate(surrogate.loss_N_T, mask, "token-mean")
     mle = aggregate(-logp, mask & correct, "token-mean")  # unweighted MLE over the correct rows' tokens
     (opd + mle).backward()
     hand = (opd + mle).detach(), torch.cat([p.grad.flatten() for p in ctx.student.parameters()])

@@ -61,11 +61,13 @@ def test_left_padding_changes_no_logit():
     response = tok("xyz")["input_ids"]
     from opdkit.train.batch import StepBatch
 
+    two_false = torch.zeros(2, dtype=torch.bool)
     batch = StepBatch(
         prompt_ids_N_P=ids, prompt_mask_N_P=mask,
-        response_ids_N_T=torch.tensor([response, response]), response_mask_N_T=torch.ones(2, 3, dtype=torch.long),
-        group_ids_N=torch.tensor([0, 1]), rewards_N=torch.zeros(2), success_N=torch.zeros(2, dtype=torch.bool),
-        old_logp_N_T=torch.zeros(2, 3), example_index_N=torch.tensor([0, 1]), truncated_N=torch.zeros(2, dtype=torch.bool),
+        response_ids_N_T=torch.tensor([response, response]),
+        response_mask_N_T=torch.ones(2, 3, dtype=torch.long),
+        group_ids_N=torch.tensor([0, 1]), rewards_N=torch.zeros(2), success_N=two_false,
+        old_logp_N_T=torch.zeros(2, 3), example_index_N=torch.tensor([0, 1]), truncated_N=two_false,
     )  # fmt: skip
     with torch.no_grad():
         out = forward_response(model, ids, mask, batch, 1.0)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from opdkit.rewards.base import VERIFIERS, Verdict
 
-# Characters a random character-level model emits first about half the time: lower-case letters a-m and digits.
+# What a random character-level model emits first about half the time: letters a-m and digits.
 HALF_OF_THE_VOCABULARY = "abcdefghijklm0123456789"
 
 
