@@ -111,7 +111,7 @@ class WarmStartConfig:
     cache_dir: str = doc(
         ".cache/opdkit/warmstart", "where warm-started tiny models are cached by config hash"
     )
-    options: Mapping[str, Any] = doc(None, "extra options for opdkit.train.warmstart (see its docs)")
+    options: Mapping[str, Any] | None = doc(None, "extra options for opdkit.train.warmstart (see its docs)")
 
 
 def _method_config_type(raw: Mapping) -> type:

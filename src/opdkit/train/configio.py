@@ -172,18 +172,45 @@ def _deep_copy(raw: Any) -> Any:
     return raw
 
 
-def load_yaml(path: str) -> dict[str, Any]:
-    """Read a YAML mapping; a parse error names the file."""
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``, recursively for nested mappings."""
+    out = _deep_copy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = _deep_copy(value)
+    return out
+
+
+def load_yaml(path: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Read a YAML mapping; a parse error names the file.
+
+    A top-level ``base: other.yaml`` (relative to this file) is loaded first and this file's keys override it,
+    so presets share their common settings instead of repeating them.
+    """
+    import os
+
+    if os.path.abspath(path) in _seen:
+        raise ConfigError(f"{path}: 'base' files form a cycle: {' -> '.join(_seen)}")
     try:
         with open(path, encoding="utf-8") as fh:
             data = yaml.safe_load(fh)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
-    return data
+    parent = data.pop("base", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: 'base' must be a file name, got {parent!r}")
+    parent_path = os.path.join(os.path.dirname(path), parent)
+    return deep_merge(load_yaml(parent_path, (*_seen, os.path.abspath(path))), data)
 
 
 def describe(cls: type, prefix: str = "") -> list[str]:
