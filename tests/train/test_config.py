@@ -43,14 +43,14 @@ def test_overrides_are_typed():
         load_config(None, ["rollout.n=four"])
     with pytest.raises(ConfigError, match=r"teacher.kind: 'vllm' is not one of 'none', 'local', 'server'"):
         load_config(None, ["teacher.kind=vllm"])
-    with pytest.raises(ConfigError, match="not of the form section.key=value"):
+    with pytest.raises(ConfigError, match=r"not of the form section.key=value"):
         load_config(None, ["rollout.n"])
 
 
 def test_validation_inside_sections_is_reported_as_a_config_error():
-    with pytest.raises(ConfigError, match="unknown self_teacher.weights 'foo'; valid: ema, live, base"):
+    with pytest.raises(ConfigError, match=r"unknown self_teacher.weights 'foo'; valid: ema, live, base"):
         load_config(None, ["self_teacher.weights=foo"])
-    with pytest.raises(ConfigError, match="requires method.alpha=1.0"):
+    with pytest.raises(ConfigError, match=r"requires method.alpha=1.0"):
         load_config(None, ["method.name=sdpo", "method.full_logit=false"])
 
 
@@ -75,7 +75,7 @@ def test_base_files_are_merged_and_cycles_refused(tmp_path):
 def test_a_bad_file_is_named(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("rollout: [1, 2\n")
-    with pytest.raises(ConfigError, match="bad.yaml: invalid YAML"):
+    with pytest.raises(ConfigError, match=r"bad.yaml: invalid YAML"):
         load_config(str(bad))
     bad.write_text("rollout: {n: 2, bogus: 1}\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: unknown key 'rollout.bogus'"):
