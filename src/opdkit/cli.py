@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
 import opdkit
@@ -18,6 +21,23 @@ app = typer.Typer(
 def version() -> None:
     """Print the opdkit version."""
     typer.echo(opdkit.__version__)
+
+
+@app.command("verl-config")
+def verl_config(
+    config: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="opdkit run config (YAML)")],
+) -> None:
+    """Print the `python -m verl.trainer.main_ppo` command (Hydra overrides) that runs CONFIG on verl."""
+    import yaml
+
+    from opdkit.integrations.verl.config_gen import ConfigError, verl_command
+
+    try:
+        command = verl_command(yaml.safe_load(config.read_text()) or {})
+    except (ConfigError, yaml.YAMLError) as exc:
+        typer.echo(f"{config}: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    typer.echo(command.render())
 
 
 def main() -> None:

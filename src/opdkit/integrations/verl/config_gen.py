@@ -73,8 +73,9 @@ class VerlCommand:
     overrides: list[str]
 
     def render(self) -> str:
-        """One shell command, one override per line."""
-        return " \\\n    ".join(shlex.quote(part) for part in self.argv)
+        """One shell command: the launcher on the first line, then one override per line."""
+        launcher = " ".join(self.argv[: len(self.argv) - len(self.overrides)])
+        return " \\\n    ".join([launcher, *(shlex.quote(item) for item in self.overrides)])
 
 
 @dataclass(frozen=True)
