@@ -21,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("verl_plugin")
 
 RUN = {
     "model": {"path": "/models/student", "teacher_path": "/models/teacher"},
-    "data": {"train_files": "/data/train.parquet", "val_files": "/data/val.parquet"},
+    "data": {"train_files": "~/data/train.parquet", "val_files": "/data/val.parquet"},  # ~ needs quoting
     "rollout": {"n": 8},
     "train": {"batch_size": 32, "micro_batch_size_per_gpu": 4},
     "verl": {"nnodes": 1, "n_gpus_per_node": 8},
@@ -43,6 +43,7 @@ def test_emitted_overrides_compose_and_validate(method: dict) -> None:
     command = verl_command({**RUN, "method": method})
     assert command.argv[:3] == ["python", "-m", "verl.trainer.main_ppo"]
     cfg = composed_config(tuple(command.overrides))
+    assert cfg.data.train_files == "~/data/train.parquet"
     validate_config(config=cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
     assert not need_reference_policy(cfg)  # no KL anywhere: no reference model is loaded
     assert get_adv_estimator_fn(cfg.algorithm.adv_estimator) is not None

@@ -135,14 +135,19 @@ def test_bad_configs_name_the_key_and_the_choices(cfg: dict, message: str) -> No
 
 
 def test_format_value() -> None:
-    assert [format_value(v) for v in (True, False, None, [1, "a"], 0.2, "x")] == [
+    values = (True, False, None, [1, "a"], 0.2, "Qwen/Qwen3-8B", "/m/x-1.5B")
+    assert [format_value(v) for v in values] == [
         "true",
         "false",
         "null",
         "[1,a]",
         "0.2",
-        "x",
+        "Qwen/Qwen3-8B",
+        "/m/x-1.5B",
     ]
+    # Hydra's grammar rejects ~, spaces, commas unquoted: single-quote them, escaping ' and \
+    assert format_value("~/data/a b,c.parquet") == "'~/data/a b,c.parquet'"
+    assert format_value("it's") == "'it\\'s'"
 
 
 def test_render_quotes_overrides_for_the_shell() -> None:

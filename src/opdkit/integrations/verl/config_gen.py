@@ -30,6 +30,7 @@ pool scores the student's own prompt only, so those names raise ``ConfigError`` 
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -340,14 +341,21 @@ def _teacher(model: dict[str, Any], cluster: dict[str, Any], name: str) -> dict[
     }
 
 
+#: Strings Hydra's override grammar takes unquoted (paths, model ids); anything else (``~``, spaces, commas,
+#: brackets, quotes) is single-quoted so Hydra reads it as one string.
+_HYDRA_PLAIN = re.compile(r"[A-Za-z0-9_./:@+\-]+")
+
+
 def format_value(value: Any) -> str:
-    """A Python value as Hydra override syntax: true/false, null, [a,b], numbers and strings as written."""
+    """A Python value in Hydra override syntax: true/false, null, [a,b], numbers, quoted-if-needed strings."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if value is None:
         return "null"
     if isinstance(value, list | tuple):
         return "[" + ",".join(format_value(v) for v in value) + "]"
+    if isinstance(value, str) and not _HYDRA_PLAIN.fullmatch(value):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
     return str(value)
 
 
