@@ -1,9 +1,15 @@
-"""The ``opdkit`` command line (Typer). Each subcommand imports what it needs when it runs."""
+"""The ``opdkit`` command line (Typer). Each subcommand imports what it needs when it runs.
+
+opdkit train CONFIG.yaml [section.key=value ...] [--output DIR] [--resume | --overwrite]
+opdkit eval --model PATH --data FILE_OR_BENCHMARK_OR_task --k N
+opdkit plot RUN_DIR [RUN_DIR ...] [--out DIR]
+opdkit demo [--quick]
+opdkit methods
+opdkit serve-teacher --model PATH [--port 8000] [--api-key KEY]
+opdkit verl-config CONFIG.yaml          (the verl launch command for CONFIG; docs/verl.md)
+"""
 
 from __future__ import annotations
-
-from pathlib import Path
-from typing import Annotated
 
 import typer
 
@@ -23,20 +29,181 @@ def version() -> None:
     typer.echo(opdkit.__version__)
 
 
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _resolve_config_path(config: str) -> str:
+    """A path, or the name of a packaged preset (``scope``, ``paper/sc_sdpo``)."""
+    from pathlib import Path
+
+    if Path(config).is_file():
+        return config
+    packaged = Path(__file__).parent / "configs" / f"{config.removesuffix('.yaml')}.yaml"
+    if packaged.is_file():
+        return str(packaged)
+    names = sorted(str(p.relative_to(packaged.parent.parent if "/" in config else packaged.parent))
+                   for p in (Path(__file__).parent / "configs").rglob("*.yaml"))  # fmt: skip
+    _fail(f"config {config!r} is neither a file nor a packaged preset; presets: {', '.join(names)}")
+    return config
+
+
+@app.command(context_settings={"allow_extra_args": False})
+def train(
+    config: str = typer.Argument(..., help="YAML config file or packaged preset name (e.g. tiny/scope)."),
+    overrides: list[str] = typer.Argument(None, help="Dotted overrides: section.key=value (YAML values)."),
+    output: str = typer.Option(None, "--output", "-o", help="Run directory (default: runs/<method>)."),
+    resume: bool = typer.Option(False, help="Continue the run from its newest complete checkpoint."),
+    overwrite: bool = typer.Option(False, help="Delete an existing run directory first."),
+    help_config: bool = typer.Option(False, "--help-config", help="List every config key and exit."),
+) -> None:
+    """Train a student with one method; writes config.yaml, metrics.jsonl, eval/ and checkpoints/."""
+    from opdkit.train import ConfigError, load_config
+    from opdkit.train.config import TrainConfig
+    from opdkit.train.configio import describe
+
+    if help_config:
+        typer.echo("\n".join(describe(TrainConfig)))
+        return
+    try:
+        cfg = load_config(_resolve_config_path(config), overrides or [])
+    except (ConfigError, KeyError) as exc:
+        _fail(str(exc))
+    from opdkit.train import train as run_train
+    from opdkit.train.progress import StepProgress
+    from opdkit.train.rundir import RunDirError
+
+    out = output or f"runs/{cfg.method.name}"
+    try:
+        with StepProgress(cfg.steps, title=f"{cfg.method.name} -> {out}") as progress:
+            result = run_train(cfg, out, resume=resume, overwrite=overwrite, progress=progress.update)
+    except (RunDirError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    typer.echo(f"{result.status} at step {result.last_step}; run directory: {result.run_dir}")
+
+
+@app.command("eval")
+def eval_command(
+    model: str = typer.Option(
+        ..., help="Model directory (Hugging Face format) or a run's checkpoint model/."
+    ),
+    data: str = typer.Option(
+        ...,
+        help="A benchmark name (math500, sciknoweval/chemistry:test, ...), a file, "
+        "or 'task' (the synthetic task).",
+    ),
+    k: int = typer.Option(16, help="Samples per problem."),
+    temperature: float = typer.Option(0.6, help="Sampling temperature."),
+    top_p: float = typer.Option(0.95, help="Nucleus threshold."),
+    max_new_tokens: int = typer.Option(2048, help="Response limit."),
+    limit: int = typer.Option(0, help="Evaluate the first N problems only (0 = all)."),
+    output: str = typer.Option("eval_out", "--output", "-o", help="Where samples.jsonl and summary.json go."),
+    task: str = typer.Option("addition", help="With --data task: the synthetic task."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+    device: str = typer.Option("auto", help="cpu, cuda or auto."),
+) -> None:
+    """Evaluate a model: mean@k, unbiased pass@k, exact maj@k and bootstrap variants per data source."""
+    import json
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from opdkit.eval import EvalSettings, TaskSource, evaluate, resolve_examples, write_eval
+
+    torch.set_num_threads(1)
+    try:
+        examples = resolve_examples(data, "eval", TaskSource(name=task))
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        _fail(str(exc))
+    examples = examples[:limit] if limit else examples
+    dev = (
+        "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    )
+    net = AutoModelForCausalLM.from_pretrained(model).to(dev)
+    tok = AutoTokenizer.from_pretrained(model)
+    settings = EvalSettings(
+        k=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed
+    )
+    result = evaluate(net, tok, examples, settings)
+    write_eval(result, output, "samples")
+    typer.echo(json.dumps(result.summary["average"], indent=2))
+
+
+@app.command()
+def plot(
+    run_dirs: list[str] = typer.Argument(..., help="One or more run directories (overlaid)."),
+    out: str = typer.Option(None, help="Where the PNGs go (default: the first run's plots/)."),
+) -> None:
+    """PNG curves from metrics.jsonl: pass rate, reward, loss, weight statistics, held-out evaluation."""
+    from pathlib import Path
+
+    from opdkit.eval.plots import plot_runs
+
+    try:
+        written = plot_runs(run_dirs, out or Path(run_dirs[0]) / "plots")
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    for path in written:
+        typer.echo(str(path))
+
+
+@app.command()
+def methods() -> None:
+    """List the registered methods with one line each."""
+    from opdkit.train.methods import METHODS
+
+    for name in METHODS.names():
+        typer.echo(f"{name:18s} {METHODS.get(name).description}")
+
+
+@app.command("serve-teacher")
+def serve_teacher(
+    model: str = typer.Option(..., help="Hugging Face causal LM directory (or hub id) to serve."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (127.0.0.1: this machine only)."),
+    port: int = typer.Option(8000, help="TCP port."),
+    api_key: str = typer.Option(
+        None, envvar="OPDKIT_SERVE_API_KEY", help="Require 'Authorization: Bearer KEY' on every request."
+    ),
+    max_batch_tokens: int = typer.Option(
+        8192, help="Padded tokens per forward pass; also the longest prompt."
+    ),
+    max_model_len: int = typer.Option(None, help="Longest sequence (default: the model's max positions)."),
+    device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda."),
+    dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
+) -> None:
+    """Serve a causal LM as an OpenAI/vLLM-compatible teacher: prompt log-probs of token-id prompts."""
+    from opdkit.serve import ServeConfig, serve
+
+    serve(
+        ServeConfig(
+            model,
+            host,
+            port,
+            api_key,
+            max_batch_tokens,
+            max_model_len=max_model_len,
+            device=device,
+            dtype=dtype,
+        )
+    )
+
+
 @app.command("verl-config")
 def verl_config(
-    config: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="opdkit run config (YAML)")],
+    config: str = typer.Argument(..., help="YAML config file or packaged preset name (e.g. paper/scope)."),
 ) -> None:
     """Print the `python -m verl.trainer.main_ppo` command (Hydra overrides) that runs CONFIG on verl."""
     import yaml
 
     from opdkit.integrations.verl.config_gen import ConfigError, verl_command
 
+    path = _resolve_config_path(config)
     try:
-        command = verl_command(yaml.safe_load(config.read_text()) or {})
+        with open(path, encoding="utf-8") as handle:
+            command = verl_command(yaml.safe_load(handle) or {})
     except (ConfigError, yaml.YAMLError) as exc:
-        typer.echo(f"{config}: {exc}", err=True)
-        raise typer.Exit(code=2) from None
+        _fail(f"{path}: {exc}")
     typer.echo(command.render())
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from opdkit.core.divergences import LOGP_FLOOR
 from opdkit.core.groups import group_index, group_mean, group_sum
 
 
@@ -64,7 +65,8 @@ def opd_advantages(
     Masked positions are 0 whatever they hold (NaN teacher scores of invalid rows included).
     """
     mask = mask_N_T.to(torch.bool)
-    adv_N_T = -coef * (old_logp_N_T.to(torch.float32) - teacher_logp_N_T.to(torch.float32))
+    teacher = teacher_logp_N_T.to(torch.float32).clamp(min=LOGP_FLOOR)  # §5.7: never −inf
+    adv_N_T = -coef * (old_logp_N_T.to(torch.float32) - teacher)
     adv_N_T = torch.where(mask, adv_N_T, torch.zeros_like(adv_N_T))
     if discount == 0.0:
         return adv_N_T

@@ -40,6 +40,11 @@ def _check_mode(mode: str, denominator: str) -> None:
         raise ValueError(f"unknown aggregation mode {mode!r}; valid: {', '.join(AGG_MODES)}")
     if denominator not in DENOMINATORS:
         raise ValueError(f"unknown denominator {denominator!r}; valid: {', '.join(DENOMINATORS)}")
+    if denominator != "valid" and mode not in ("seq-mean-token-sum", "seq-mean-token-mean"):
+        raise ValueError(
+            f"denominator {denominator!r} only applies to the seq-mean modes (it counts sequences), "
+            f"not {mode!r}"
+        )
 
 
 def _valid_sequences(mask: torch.Tensor, norm_length: int | None) -> torch.Tensor:
@@ -137,12 +142,19 @@ def clipped_surrogate(
     clip_low: float = 0.2,
     clip_high: float = 0.28,
     dual_clip: float | None = 3.0,
+    mask_N_T: torch.Tensor | None = None,
 ) -> Surrogate:
     """PPO clipped surrogate per token with asymmetric clip and dual clip (§2.2). ``advantages`` may be (N,)
-    (broadcast to every token) or (N, T)."""
+    (broadcast to every token) or (N, T). With ``mask_N_T``, masked positions get A = 0 and ratio 1 whatever
+    they hold, so NaN/inf there reaches neither the loss nor the gradient (0·NaN is NaN in backward)."""
     adv = advantages_N_T if advantages_N_T.dim() == logp_N_T.dim() else advantages_N_T.unsqueeze(-1)
-    adv = adv.detach().to(torch.float32)
-    ratio = torch.exp((logp_N_T - old_logp_N_T.detach()).clamp(-20.0, 20.0))
+    adv = adv.detach().to(torch.float32).expand_as(logp_N_T)
+    old = old_logp_N_T.detach()
+    if mask_N_T is not None:
+        keep = mask_N_T.to(torch.bool)
+        adv = torch.where(keep, adv, torch.zeros_like(adv))
+        old = torch.where(keep, old, logp_N_T.detach())
+    ratio = torch.exp((logp_N_T - old).clamp(-20.0, 20.0))
     unclipped = -adv * ratio
     clipped = -adv * ratio.clamp(1 - clip_low, 1 + clip_high)
     loss = torch.maximum(unclipped, clipped)
@@ -169,7 +181,7 @@ def clipped_policy_loss(
     """Aggregated PPO-style policy loss (§2.2, §2.3) with metrics ``clipfrac``, ``clipfrac_lower`` (dual
     clip), ``ratio_mean`` and ``approx_kl`` (mean of old − new log-prob) over the valid tokens."""
     sur = clipped_surrogate(
-        logp, old_logp, advantages, clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip
+        logp, old_logp, advantages, clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip, mask_N_T=mask
     )
     return LossOutput(
         loss=aggregate(sur.loss_N_T, mask, mode),

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from opdkit.core.divergences import LOGP_FLOOR
 from opdkit.core.losses import (
     LossOutput,
     aggregate,
@@ -114,11 +115,12 @@ def scope_loss(
         raise ValueError(f"unknown SCOPE aggregation {agg!r}; valid: {', '.join(SCOPE_AGGREGATIONS)}")
     masks = scope_masks(inputs)
     denominators = denominators or scope_denominators(inputs)
-    gap_N_T = torch.where(masks.wrong_N_T, inputs.teacher_logp_N_T - inputs.old_logp_N_T, 0.0)
+    teacher_N_T = inputs.teacher_logp_N_T.clamp(min=LOGP_FLOOR)  # §5.7: never −inf
+    gap_N_T = torch.where(masks.wrong_N_T, teacher_N_T - inputs.old_logp_N_T, 0.0)
     adv_N_T = weights.teacher_N.unsqueeze(-1) * gap_N_T.detach()  # A = w_tea (logp_T − logp_old), §5.5
     sur = clipped_surrogate(
         inputs.logp_N_T, inputs.old_logp_N_T, adv_N_T,
-        clip_low=clip.clip_low, clip_high=clip.clip_high, dual_clip=clip.dual_clip,
+        clip_low=clip.clip_low, clip_high=clip.clip_high, dual_clip=clip.dual_clip, mask_N_T=masks.pg_N_T,
     )  # fmt: skip
     mle_N_T = -weights.student_N.detach().unsqueeze(-1) * inputs.logp_N_T
     pg = aggregate(sur.loss_N_T, masks.pg_N_T, "token-mean", global_denominator=denominators.pg)
@@ -154,11 +156,13 @@ def self_distillation_loss(
 ) -> LossOutput:
     """SDPO's loss with optional IS clip factor and question weights (§4.7, §6.2):
     agg(w_q(i) · IS[i,t] · D[i,t], loss_mask) where loss_mask = response mask · sd_mask."""
+    keep = loss_mask_N_T.to(torch.bool)
     per_token = divergence_N_T
-    if is_weight_N_T is not None:
-        per_token = per_token * is_weight_N_T.detach()
+    if is_weight_N_T is not None:  # factors are zeroed off the mask so NaN there cannot reach the gradient
+        per_token = per_token * torch.where(keep, is_weight_N_T.detach(), 0.0)
     if question_weight_N is not None:
-        per_token = per_token * question_weight_N.detach().to(per_token.dtype).unsqueeze(-1)
+        q = question_weight_N.detach().to(per_token.dtype).unsqueeze(-1)
+        per_token = per_token * torch.where(keep, q, 0.0)
     loss = aggregate(
         per_token, loss_mask_N_T, aggregation.mode,
         denominator=aggregation.denominator, global_denominator=global_denominator,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from opdkit.core.divergences import LOGP_FLOOR
 from opdkit.core.groups import GroupIndex, group_index, group_max, group_sum
 
 
@@ -128,8 +129,9 @@ def scope_weights(
         raise ValueError(f"tau must be > 0, got {tau}")
     correct = correct_N.to(torch.bool)
     idx = group_index(group_ids_N)
-    student_logits_N = -student_exponent * student_seq_logp_N.detach().to(torch.float32) / tau
-    teacher_logits_N = -teacher_exponent * teacher_seq_logp_N.detach().to(torch.float32) / tau
+    # §5.7: log-probs floored at −1e4, so an −inf mean log-prob cannot make an inf − inf softmax logit
+    student_logits_N = -student_exponent * student_seq_logp_N.detach().float().clamp(min=LOGP_FLOOR) / tau
+    teacher_logits_N = -teacher_exponent * teacher_seq_logp_N.detach().float().clamp(min=LOGP_FLOOR) / tau
     wrong = ~correct
     if valid_N is not None:
         wrong = wrong & valid_N.to(torch.bool)

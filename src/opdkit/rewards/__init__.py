@@ -1,0 +1,34 @@
+"""Verifiers: reward, extracted answer and feedback for one completion (ALGORITHMS.md §9).
+
+Registered verifiers (``VERIFIERS``; build one with ``make_verifier(name, **options)``):
+
+| name | checks | options |
+|---|---|---|
+| ``math`` | last ``\\boxed{}``, normalised compare, math-verify in worker processes (§9.1) | see below |
+| ``mcq`` | option letter in the last ``<answer>`` tag (§9.2) | none |
+| ``toolcall`` | ``Action:`` multiset and merged ``Action Input:`` JSON (§9.3, §9.4) | compat_regex |
+
+``math`` options: feedback, timeout_s, workers, tail_chars, abs_tol (``MathVerifier``).
+
+``trl_reward(name_or_verifier)`` turns any of them into a TRL reward function. Importing this package is
+cheap: math-verify is only imported by the worker processes that run it.
+"""
+
+from opdkit.rewards import math_verifier, mcq, synthetic, toolcall  # noqa: F401  (register the verifiers)
+from opdkit.rewards.base import VERIFIERS, Verdict, Verifier, make_verifier, verify_batch
+from opdkit.rewards.math_verifier import MathVerifier
+from opdkit.rewards.mcq import MultipleChoiceVerifier
+from opdkit.rewards.toolcall import ToolCallVerifier
+from opdkit.rewards.trl_adapter import trl_reward
+
+__all__ = [
+    "VERIFIERS",
+    "MathVerifier",
+    "MultipleChoiceVerifier",
+    "ToolCallVerifier",
+    "Verdict",
+    "Verifier",
+    "make_verifier",
+    "trl_reward",
+    "verify_batch",
+]

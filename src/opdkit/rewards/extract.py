@@ -1,7 +1,8 @@
 """Answer extraction shared by every verifier: boxed answers, answer tags and tool calls.
 
 These are plain string functions with real brace matching (ALGORITHMS.md §9.1-§9.3). They never raise on
-odd input: an unclosed brace or missing tag gives None / an empty result.
+odd input: an unclosed brace or missing tag gives None / an empty result. ``last_boxed`` lives in
+``opdkit.core.latex`` (the benchmark adapters need it too) and is re-exported here.
 """
 
 from __future__ import annotations
@@ -10,48 +11,9 @@ import json
 import re
 from dataclasses import dataclass, field
 
-_BOX_COMMANDS = ("\\boxed", "\\fbox")
+from opdkit.core.latex import last_boxed
 
-
-def _matching_brace(text: str, open_at: int) -> int | None:
-    """Index of the ``}`` that closes the ``{`` at ``open_at``, or None when it is never closed."""
-    depth = 0
-    for i in range(open_at, len(text)):
-        ch = text[i]
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return i
-    return None
-
-
-def _boxed_at(text: str, start: int, command: str) -> str | None:
-    """Content of the box command found at ``start`` (``\\boxed{x}`` or ``\\boxed x``), or None."""
-    i = start + len(command)
-    if text.startswith("{", i):
-        close = _matching_brace(text, i)
-        return None if close is None else text[i + 1 : close]
-    if command == "\\boxed" and text.startswith(" ", i):  # "\boxed 5": the argument runs to "$" or the end
-        return text[i + 1 :].split("$")[0].strip() or None
-    return None
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last complete ``\\boxed{...}`` or ``\\fbox{...}`` in ``text``, braces matched.
-
-    ``last_boxed(r"so \\boxed{\\frac{1}{2}}.")`` -> ``"\\frac{1}{2}"``. An unclosed last box is skipped in
-    favour of the previous complete one (SCOPE evaluates the last *complete* box).
-    """
-    positions = sorted(
-        (m.start(), cmd) for cmd in _BOX_COMMANDS for m in re.finditer(re.escape(cmd) + r"(?![a-zA-Z])", text)
-    )
-    for start, cmd in reversed(positions):
-        content = _boxed_at(text, start, cmd)
-        if content is not None:
-            return content
-    return None
+__all__ = ["ToolCalls", "last_boxed", "last_tag", "parse_tool_calls"]
 
 
 def last_tag(text: str, tag: str = "answer") -> str | None:
@@ -81,38 +43,51 @@ class ToolCalls:
 
 
 _ACTION_RE = re.compile(r"Action:\s*(\w+)")
-_INPUT_RE = re.compile(r"Action Input:")
+_INPUT_RE = re.compile(r"Action Input:\s*")
 _COMPAT_INPUT_RE = re.compile(r"Action Input:\s*(\{.*?\})", re.DOTALL)
+_DECODER = json.JSONDecoder()
 
 
-def _json_objects_after_inputs(text: str) -> list[str]:
-    """The brace-matched ``{...}`` block that follows each ``Action Input:`` (nested objects kept whole)."""
-    blocks = []
+def _objects_after_inputs(text: str) -> list:
+    """The JSON value that starts right after each ``Action Input:`` (skipping whitespace), decoded.
+
+    ``JSONDecoder.raw_decode`` reads exactly one value, so nested objects and braces inside strings are
+    handled; text after the value is ignored. A marker followed by invalid JSON contributes nothing.
+    """
+    values = []
     for m in _INPUT_RE.finditer(text):
-        open_at = text.find("{", m.end())
-        if open_at < 0 or text[m.end() : open_at].strip():
+        start = m.end()
+        if not text.startswith("{", start):
             continue  # no object directly after the marker
-        close = _matching_brace(text, open_at)
-        if close is not None:
-            blocks.append(text[open_at : close + 1])
-    return blocks
+        try:
+            value, _ = _DECODER.raw_decode(text, start)
+        except (json.JSONDecodeError, RecursionError):  # RecursionError: absurdly deep nesting
+            continue
+        values.append(value)
+    return values
+
+
+def _compat_objects(text: str) -> list:
+    """The reference's parse: non-greedy ``{.*?}`` after each marker, then ``json.loads`` (errors skipped)."""
+    values = []
+    for block in _COMPAT_INPUT_RE.findall(text):
+        try:
+            values.append(json.loads(block))
+        except json.JSONDecodeError:
+            continue
+    return values
 
 
 def parse_tool_calls(text: str, *, compat_regex: bool = False) -> ToolCalls:
     """Parse ``Action:`` names and merge the ``Action Input:`` JSON objects (ALGORITHMS.md §9.3).
 
     ``compat_regex=True`` reproduces the reference's non-greedy ``{.*?}`` match, which cuts nested objects
-    short (kept for parity with lasgroup/SDPO); the default matches braces properly. Unparsable or non-object
-    blocks are skipped.
+    short (kept for parity with lasgroup/SDPO); the default decodes one whole JSON value after each marker
+    (nested objects and braces inside strings work). Unparsable or non-object inputs are skipped.
     """
     actions = _ACTION_RE.findall(text)
-    blocks = _COMPAT_INPUT_RE.findall(text) if compat_regex else _json_objects_after_inputs(text)
     merged: dict = {}
-    for block in blocks:
-        try:
-            obj = json.loads(block)
-        except json.JSONDecodeError:
-            continue
+    for obj in _compat_objects(text) if compat_regex else _objects_after_inputs(text):
         if isinstance(obj, dict):
             merged.update(obj)
     return ToolCalls(actions=actions, inputs=merged)

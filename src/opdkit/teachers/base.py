@@ -23,10 +23,12 @@ from opdkit.core.registry import Registry
 class TeacherScores:
     """Teacher scores for N rows, right-padded to T response tokens.
 
-    logp_N_T: float32 log π_T(y_t | x, y_<t) of each response token; 0.0 at padding; NaN on invalid rows.
+    logp_N_T: float32 log π_T(y_t | x, y_<t) of each response token; 0.0 at padding; NaN on invalid rows
+      (the whole row, padding included).
     valid_N: bool, True where the row was scored completely.
-    topk_ids_N_T_K / topk_logp_N_T_K: the teacher's top-K alternatives per position (server teachers asked
-      for top_k > 1, ALGORITHMS.md §3.3 remote-teacher variant); None otherwise.
+    topk_ids_N_T_K / topk_logp_N_T_K: the teacher's top-K alternatives per position, most likely first
+      (``score(top_k=K)`` with K > 0; ALGORITHMS.md §3.3 remote-teacher variant); None when top_k == 0.
+      Padding: id 0 and log-prob 0.0; invalid rows: id 0 and NaN log-probs.
     stats: counters for logging (``teacher/failed_rows``, ``teacher/retries``, ...).
     """
 
@@ -35,6 +37,11 @@ class TeacherScores:
     topk_ids_N_T_K: torch.Tensor | None = None
     topk_logp_N_T_K: torch.Tensor | None = None
     stats: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def failed_rows(self) -> int:
+        """Rows without scores in this call (the loop's consecutive-failure stop counts calls with any)."""
+        return int((~self.valid_N).sum())
 
 
 class Teacher(Protocol):
@@ -58,3 +65,25 @@ class Teacher(Protocol):
 
 
 TEACHERS: Registry[Any] = Registry("teacher kind")
+
+
+def tokenizer_mismatch(student: Any, teacher: Any) -> str | None:
+    """Why two Hugging Face tokenizers would map text to different ids, or None when they agree.
+
+    Token ids are sent to the teacher as-is (ALGORITHMS.md §5.1), so vocabularies and special tokens must be
+    identical, not merely similar.
+    """
+    vocab_s, vocab_t = student.get_vocab(), teacher.get_vocab()
+    if vocab_s != vocab_t:
+        only_s = sorted(set(vocab_s) - set(vocab_t))[:5]
+        only_t = sorted(set(vocab_t) - set(vocab_s))[:5]
+        moved = sorted(k for k in set(vocab_s) & set(vocab_t) if vocab_s[k] != vocab_t[k])[:5]
+        return (
+            f"vocabularies differ (student {len(vocab_s)} tokens, teacher {len(vocab_t)}); "
+            f"only in student: {only_s}; only in teacher: {only_t}; different ids: {moved}"
+        )
+    for attr in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        a, b = getattr(student, attr, None), getattr(teacher, attr, None)
+        if a != b:
+            return f"{attr} differs: student {a}, teacher {b}"
+    return None

@@ -1,0 +1,220 @@
+"""Batched sampling with Hugging Face ``generate`` (KV cache): G samples per prompt, seeded, with the
+sampler's own log-probs.
+
+ALGORITHMS.md §1: each prompt is repeated G times with ``repeat_interleave``, so the members of a group are
+contiguous and share one ``group_ids_N`` value. Generation stops at EOS or after ``max_new_tokens``; a
+truncated response keeps its tokens in the mask. The response mask covers every token up to and including
+the first EOS; padding after it is 0.
+
+The sampler's log-prob of each chosen token is ``log_softmax(raw_logits / T)`` at that token (before top-k /
+top-p filtering, the same quantity the trainer recomputes, §0), recorded one step at a time by a logits
+processor, so no (N, L, V) tensor is kept. Greedy decoding (T = 0) reports log_softmax(raw logits).
+
+    params = SamplingParams(n=8, temperature=1.0, max_new_tokens=16)
+    batch = sample(model, tok, encode_chats(tok, [row["prompt"] for row in rows]), params, seed=0)
+    batch.texts[0], batch.response_ids_N_L.shape, batch.group_ids_N
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from opdkit.rollout.padding import pad_sequences
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """n: samples per prompt (G); temperature 0 = greedy; top_k 0 and top_p 1.0 = off."""
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 64
+
+    def __post_init__(self) -> None:
+        if self.n < 1 or self.max_new_tokens < 1:
+            raise ValueError(
+                f"n and max_new_tokens must be >= 1, got n={self.n}, max_new_tokens={self.max_new_tokens}"
+            )
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ValueError(f"bad sampling parameters: {self}")
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """N = prompts × n sequences; P prompt columns (left-padded), L response columns (right-padded).
+
+    prompt_ids_N_P, prompt_mask_N_P: int64; response_ids_N_L, response_mask_N_L: int64 (EOS inside the mask);
+    sampler_logp_N_L: float32 log_softmax(raw_logits / T) of each chosen token, 0.0 at padding;
+    truncated_N: bool, no EOS within max_new_tokens; group_ids_N: int64, equal within a prompt's group;
+    texts: the decoded responses (special tokens skipped).
+    """
+
+    prompt_ids_N_P: torch.Tensor
+    prompt_mask_N_P: torch.Tensor
+    response_ids_N_L: torch.Tensor
+    response_mask_N_L: torch.Tensor
+    sampler_logp_N_L: torch.Tensor
+    truncated_N: torch.Tensor
+    group_ids_N: torch.Tensor
+    texts: list[str]
+
+    @property
+    def num_rows(self) -> int:
+        return self.response_ids_N_L.shape[0]
+
+    def response_lists(self) -> list[list[int]]:
+        """Each response's real token ids (EOS included when present)."""
+        return [r[m.bool()].tolist() for r, m in zip(self.response_ids_N_L, self.response_mask_N_L)]
+
+
+class _ChosenTokenLogprobs:
+    """A logits processor that sees the raw logits of every step and keeps the chosen tokens' log-probs.
+
+    ``generate`` applies user processors before the temperature/top-k/top-p warpers, so ``scores`` here are
+    the raw logits. Step t's chosen token is only known at step t+1 (the last column of ``input_ids``), so one
+    (N, V) log-prob tensor is carried between calls.
+    """
+
+    def __init__(self, temperature: float, prompt_width: int) -> None:
+        self.temperature = temperature if temperature > 0 else 1.0
+        self.prompt_width = prompt_width
+        self.pending_N_V: torch.Tensor | None = None
+        self.logps: list[torch.Tensor] = []
+
+    def collect(self, input_ids: torch.Tensor) -> None:
+        if self.pending_N_V is not None:
+            chosen_N = input_ids[:, -1]
+            self.logps.append(self.pending_N_V.gather(-1, chosen_N[:, None]).squeeze(-1))
+            self.pending_N_V = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self.collect(input_ids)
+        self.pending_N_V = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        return scores
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    eos = tokenizer.eos_token_id if eos is None else eos
+    return list(eos) if isinstance(eos, (list, tuple)) else [eos]
+
+
+def _response_mask(response_ids_N_L: torch.Tensor, eos_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask_N_L, truncated_N): ones up to and including the first EOS; all ones when there is none."""
+    is_eos_N_L = torch.isin(response_ids_N_L, torch.tensor(eos_ids, device=response_ids_N_L.device))
+    seen_before_N_L = (is_eos_N_L.long().cumsum(-1) - is_eos_N_L.long()) > 0  # an EOS strictly earlier
+    return (~seen_before_N_L).long(), ~is_eos_N_L.any(-1)
+
+
+@torch.no_grad()
+def sample(
+    model: Any,
+    tokenizer: Any,
+    prompt_ids: Sequence[Sequence[int]],
+    params: SamplingParams,
+    *,
+    seed: int | None = None,
+    first_group_id: int = 0,
+) -> Rollout:
+    """Sample ``params.n`` responses for each prompt (unpadded id lists); see the module docstring.
+
+    With ``seed`` the sampling is reproducible and the caller's global RNG state is left untouched; without it
+    the global torch RNG is used (and advanced). Group ids are ``first_group_id + prompt index``.
+    """
+    from transformers import GenerationConfig, LogitsProcessorList
+
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else _eos_ids(model, tokenizer)[0]
+    prompts = pad_sequences(prompt_ids, pad_id, side="left")
+    ids_N_P = prompts.ids_N_T.repeat_interleave(params.n, dim=0).to(device)
+    mask_N_P = prompts.mask_N_T.repeat_interleave(params.n, dim=0).to(device)
+    group_ids_N = torch.arange(len(prompt_ids), dtype=torch.long).repeat_interleave(params.n) + first_group_id
+    greedy = params.temperature == 0
+    config = GenerationConfig(
+        do_sample=not greedy,
+        temperature=None if greedy else params.temperature,
+        top_p=None if greedy else params.top_p,
+        top_k=None if greedy else params.top_k,
+        max_new_tokens=params.max_new_tokens,
+        eos_token_id=_eos_ids(model, tokenizer),
+        pad_token_id=pad_id,
+        return_dict_in_generate=True,
+        use_cache=True,
+    )
+    recorder = _ChosenTokenLogprobs(params.temperature, ids_N_P.shape[1])
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=_cuda_devices(device), enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            out = model.generate(
+                input_ids=ids_N_P,
+                attention_mask=mask_N_P,
+                generation_config=config,
+                logits_processor=LogitsProcessorList([recorder]),
+            )
+    finally:
+        model.train(was_training)
+    response_ids_N_L = out.sequences[:, ids_N_P.shape[1] :]
+    recorder.collect(out.sequences)  # the last step's chosen token
+    return _assemble(
+        tokenizer, _eos_ids(model, tokenizer), ids_N_P, mask_N_P, response_ids_N_L, recorder, group_ids_N
+    )
+
+
+def _cuda_devices(device: torch.device) -> list[int]:
+    return [device.index or 0] if device.type == "cuda" else []
+
+
+def _assemble(
+    tokenizer: Any,
+    eos_ids: list[int],
+    ids_N_P: torch.Tensor,
+    mask_N_P: torch.Tensor,
+    response_ids_N_L: torch.Tensor,
+    recorder: _ChosenTokenLogprobs,
+    group_ids_N: torch.Tensor,
+) -> Rollout:
+    mask_N_L, truncated_N = _response_mask(response_ids_N_L, eos_ids)
+    logp_N_L = torch.stack(recorder.logps, dim=1) * mask_N_L.float()
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+    response_ids_N_L = response_ids_N_L.masked_fill(mask_N_L == 0, pad_id)
+    texts = tokenizer.batch_decode(
+        [r[m.bool()].tolist() for r, m in zip(response_ids_N_L, mask_N_L)], skip_special_tokens=True
+    )
+    return Rollout(
+        prompt_ids_N_P=ids_N_P.cpu(),
+        prompt_mask_N_P=mask_N_P.cpu(),
+        response_ids_N_L=response_ids_N_L.cpu(),
+        response_mask_N_L=mask_N_L.cpu(),
+        sampler_logp_N_L=logp_N_L.cpu(),
+        truncated_N=truncated_N.cpu(),
+        group_ids_N=group_ids_N,
+        texts=texts,
+    )
+
+
+def encode_chats(
+    tokenizer: Any, conversations: Sequence[Sequence[dict[str, str]]], **chat_kwargs: Any
+) -> list[list[int]]:
+    """Token ids of each conversation through the tokenizer's chat template, ending in the generation prompt.
+
+    ``chat_kwargs`` go to ``apply_chat_template`` (e.g. ``enable_thinking=False`` for Qwen3).
+    """
+    out = []
+    for i, messages in enumerate(conversations):
+        ids = tokenizer.apply_chat_template(
+            list(messages), add_generation_prompt=True, tokenize=True, **chat_kwargs
+        )
+        ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+        if not ids:
+            raise ValueError(f"conversation {i}: the chat template produced no tokens")
+        out.append(list(ids))
+    return out

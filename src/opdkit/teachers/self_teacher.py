@@ -1,0 +1,271 @@
+"""SDPO's self-teacher: the student, shown a successful sibling or feedback in context, is its own teacher.
+
+Two parts (ALGORITHMS.md §4.2-§4.6):
+
+1. ``build_teacher_context`` rewrites each rollout's last user message with its demonstration and/or feedback
+   (``teachers.reprompt``), renders the chat template with the generation prompt and tokenizes it, and returns
+   the teacher prompts plus the self-distillation mask ``sd_mask_N``. A teacher prompt longer than
+   ``max_reprompt_len`` is shortened by cutting the *demonstration* from its end, so the template's tail and
+   the generation header survive (§11 A12); if even an empty demonstration does not fit, it raises.
+2. ``make_teacher_weights`` gives the weights the teacher runs with: ``ema`` (θ_T ← (1−η)θ_T + ηθ_S after each
+   optimizer step, fp32 copy), ``live`` (the student under no-grad), ``base`` (the frozen initial student) or
+   ``trust-region`` (teacher logits = lerp(z_base, z_student, η)).
+
+The response tokens are the student's exact ids; only the prompt changes, so the teacher's response logits
+are aligned with its own prompt length (§0, §4.8).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from opdkit.teachers.reprompt import RepromptTemplate, plan_reprompts, reprompt_user_text, strip_thinking
+
+
+def _help(default: Any, text: str) -> Any:
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass(frozen=True)
+class SelfTeacherOptions:
+    """Self-teacher settings (the ``self_teacher`` config section); defaults are lasgroup/SDPO's."""
+
+    weights: str = _help(
+        "ema", "self-teacher weights (§4.6): ema, live (the student), base (frozen initial), trust-region"
+    )
+    update_rate: float = _help(0.05, "EMA rate / trust-region lerp factor η")
+    dont_reprompt_on_self_success: bool = _help(True, "never use a rollout as its own demonstration")
+    include_environment_feedback: bool = _help(False, "put the verifier's feedback in the teacher context")
+    feedback_only_without_solution: bool = _help(True, "use feedback only when no demonstration exists")
+    remove_thinking_from_demonstration: bool = _help(True, "strip <think>...</think> from demonstrations")
+    max_reprompt_len: int = _help(10240, "teacher prompt token limit; the demonstration is cut from its end")
+    solution_template: str = _help("\nCorrect solution:\n\n{demonstration}", "demonstration section")
+    feedback_template: str = _help(
+        "\nThe following is feedback from your unsuccessful earlier attempt:\n\n{feedback}",
+        "feedback section",
+    )
+    instruction: str = _help("\n\nCorrectly solve the original question.", "closing instruction")
+
+    def __post_init__(self) -> None:
+        if self.weights not in _WEIGHT_KINDS:
+            raise ValueError(
+                f"unknown self_teacher.weights {self.weights!r}; valid: {', '.join(_WEIGHT_KINDS)}"
+            )
+        if not 0.0 <= self.update_rate <= 1.0:
+            raise ValueError(f"self_teacher.update_rate must be in [0, 1], got {self.update_rate}")
+
+    def template(self) -> RepromptTemplate:
+        return RepromptTemplate(self.solution_template, self.feedback_template, self.instruction)
+
+
+@dataclass(frozen=True)
+class RolloutTexts:
+    """What the self-teacher needs to know about the step's N rollouts."""
+
+    messages: Sequence[list[dict]]  # the original chat prompt of each row
+    response_texts: Sequence[str]  # decoded responses (special tokens skipped)
+    success: Sequence[bool]
+    feedback: Sequence[str]
+    group_ids: Sequence[int]
+
+
+@dataclass(frozen=True)
+class TeacherContext:
+    """Tokenized teacher prompts (unpadded), the SDPO mask and logging statistics (§4.5)."""
+
+    prompt_ids: list[list[int]]
+    sd_mask_N: torch.Tensor
+    stats: dict[str, float]
+
+
+def _rewrite_last_user(messages: list[dict], text: str) -> list[dict]:
+    out = [dict(m) for m in messages]
+    for m in reversed(out):
+        if m.get("role") == "user":
+            m["content"] = text
+            return out
+    raise ValueError("a prompt has no user message to rewrite for the self-teacher")
+
+
+def _last_user_text(messages: list[dict]) -> str:
+    for m in reversed(messages):
+        if m.get("role") == "user":
+            return str(m.get("content", ""))
+    raise ValueError("a prompt has no user message to rewrite for the self-teacher")
+
+
+def _render(tokenizer: Any, messages: list[dict], chat_kwargs: dict) -> list[int]:
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **chat_kwargs)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _fit_demonstration(render: Callable[[str | None], list[int]], demo: str, tokenizer: Any, limit: int):
+    """Cut ``demo`` from its end until the rendered prompt fits ``limit`` tokens -> (ids, was_cut)."""
+    ids = render(demo)
+    if len(ids) <= limit:
+        return ids, False
+    demo_ids = tokenizer(demo, add_special_tokens=False)["input_ids"]
+    for _ in range(8):  # token counts of decoded text can shift by a few tokens; converge in a few tries
+        keep = len(demo_ids) - (len(ids) - limit) - 1
+        if keep <= 0:
+            break
+        demo_ids = demo_ids[:keep]
+        ids = render(tokenizer.decode(demo_ids, skip_special_tokens=True))
+        if len(ids) <= limit:
+            return ids, True
+    ids = render("")
+    if len(ids) > limit:
+        raise ValueError(
+            f"the self-teacher prompt needs {len(ids)} tokens even with an empty demonstration, more than "
+            f"self_teacher.max_reprompt_len={limit}"
+        )
+    return ids, True
+
+
+def build_teacher_context(
+    tokenizer: Any, rollouts: RolloutTexts, options: SelfTeacherOptions, chat_kwargs: dict | None = None
+) -> TeacherContext:
+    """Teacher prompts and the SDPO mask for every rollout (§4.2-§4.5); see the module docstring."""
+    plan = plan_reprompts(
+        rollouts.group_ids,
+        rollouts.success,
+        rollouts.feedback,
+        dont_reprompt_on_self_success=options.dont_reprompt_on_self_success,
+        include_environment_feedback=options.include_environment_feedback,
+        feedback_only_without_solution=options.feedback_only_without_solution,
+    )
+    chat_kwargs = chat_kwargs or {}
+    template = options.template()
+    prompt_ids, cut = [], 0
+    for i, messages in enumerate(rollouts.messages):
+        demo = None
+        if plan.demo_index[i] >= 0:
+            demo = rollouts.response_texts[plan.demo_index[i]]
+            demo = strip_thinking(demo) if options.remove_thinking_from_demonstration else demo
+        feedback = rollouts.feedback[i] if plan.use_feedback[i] else None
+        prompt_text = _last_user_text(messages)
+
+        def render(d: str | None, _m=messages, _p=prompt_text, _f=feedback) -> list[int]:
+            return _render(
+                tokenizer, _rewrite_last_user(_m, reprompt_user_text(_p, d, _f, template)), chat_kwargs
+            )
+
+        if demo is None:
+            ids = render(None)
+            if len(ids) > options.max_reprompt_len:
+                raise ValueError(
+                    f"row {i}: the self-teacher prompt has {len(ids)} tokens, over max_reprompt_len"
+                )
+        else:
+            ids, was_cut = _fit_demonstration(render, demo, tokenizer, options.max_reprompt_len)
+            cut += int(was_cut)
+        prompt_ids.append(ids)
+    return TeacherContext(
+        prompt_ids, torch.tensor(plan.sd_mask, dtype=torch.bool), _stats(rollouts, plan, cut)
+    )
+
+
+def _stats(rollouts: RolloutTexts, plan: Any, cut: int) -> dict[str, float]:
+    n = max(1, len(plan.sd_mask))
+    groups: dict[int, bool] = {}
+    for g, ok in zip(rollouts.group_ids, rollouts.success):
+        groups[g] = groups.get(g, False) or bool(ok)
+    return {
+        "success_group_fraction": sum(groups.values()) / max(1, len(groups)),
+        "reprompt_fraction": sum(plan.sd_mask) / n,
+        "feedback_used_fraction": sum(plan.use_feedback) / n,
+        "empty_target_batch": float(not any(plan.sd_mask)),
+        "truncated_demonstrations": float(cut),
+    }
+
+
+# ------------------------------------------------------------------------------------------ weights
+
+
+class _FrozenCopy:
+    """A frozen fp32-or-native copy of the initial student (``base``), also the reference of the others."""
+
+    def __init__(self, student: torch.nn.Module, rate: float) -> None:
+        self.model = copy.deepcopy(student).eval().requires_grad_(False)
+        self.rate = rate
+
+    def logits(
+        self, run: Callable[[torch.nn.Module], torch.Tensor], student: torch.nn.Module
+    ) -> torch.Tensor:
+        with torch.no_grad():
+            return run(self.model)
+
+    def update(self, student: torch.nn.Module) -> None:
+        """The base teacher never changes."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.model.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(state)
+
+
+class _Ema(_FrozenCopy):
+    """θ_T ← (1−η)·θ_T + η·θ_S after every optimizer step, kept in float32 (§4.6, §11 A14)."""
+
+    def __init__(self, student: torch.nn.Module, rate: float) -> None:
+        super().__init__(student, rate)
+        self.model.float()
+
+    @torch.no_grad()
+    def update(self, student: torch.nn.Module) -> None:
+        for p_t, p_s in zip(self.model.parameters(), student.parameters()):
+            p_t.lerp_(p_s.detach().to(p_t.dtype), self.rate)
+        for b_t, b_s in zip(self.model.buffers(), student.buffers()):
+            b_t.copy_(b_s)
+
+
+class _Live:
+    """The current student under no-grad."""
+
+    def __init__(self, student: torch.nn.Module, rate: float) -> None:
+        self.rate = rate
+
+    def logits(
+        self, run: Callable[[torch.nn.Module], torch.Tensor], student: torch.nn.Module
+    ) -> torch.Tensor:
+        with torch.no_grad():
+            return run(student)
+
+    def update(self, student: torch.nn.Module) -> None:
+        """Nothing to update: the live student is used as it is."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """No state of its own."""
+
+
+class _TrustRegion(_FrozenCopy):
+    """Teacher logits = lerp(z_base, z_student, η) on the teacher context (§4.6)."""
+
+    def logits(
+        self, run: Callable[[torch.nn.Module], torch.Tensor], student: torch.nn.Module
+    ) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.lerp(run(self.model).float(), run(student).float(), self.rate)
+
+
+_WEIGHT_KINDS: dict[str, type] = {
+    "ema": _Ema,
+    "live": _Live,
+    "base": _FrozenCopy,
+    "trust-region": _TrustRegion,
+}
+
+
+def make_teacher_weights(student: torch.nn.Module, options: SelfTeacherOptions) -> Any:
+    """The self-teacher's weights: an object with ``logits(run, student)``, ``update(student)`` and
+    ``state_dict()``/``load_state_dict()``; ``run(model)`` does the forward and returns logits."""
+    return _WEIGHT_KINDS[options.weights](student, options.update_rate)

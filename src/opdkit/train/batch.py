@@ -1,0 +1,74 @@
+"""The step batch: every per-rollout tensor and text of one training step, sliceable by rows.
+
+N = Q·G rows (G rollouts of each of Q questions, members of a group contiguous), prompts left-padded to P
+columns, responses right-padded to T. ``old_logp_N_T`` is the pre-update student's log-prob of each sampled
+token at the log-prob temperature (detached); on-policy it equals the current log-prob, so the PPO ratio is 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class StepBatch:
+    prompt_ids_N_P: torch.Tensor
+    prompt_mask_N_P: torch.Tensor
+    response_ids_N_T: torch.Tensor
+    response_mask_N_T: torch.Tensor
+    group_ids_N: torch.Tensor
+    rewards_N: torch.Tensor
+    success_N: torch.Tensor
+    old_logp_N_T: torch.Tensor
+    example_index_N: torch.Tensor
+    truncated_N: torch.Tensor
+    messages: list[list[dict]] = field(default_factory=list)
+    response_texts: list[str] = field(default_factory=list)
+    feedback: list[str] = field(default_factory=list)
+    preds: list[str | None] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return int(self.response_ids_N_T.shape[0])
+
+    def select(self, rows: torch.Tensor) -> StepBatch:
+        """The batch restricted to ``rows`` (int64 indices), tensors and lists alike."""
+        picked = rows.tolist()
+        values = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            values[f.name] = (
+                v.index_select(0, rows.to(v.device)) if torch.is_tensor(v) else [v[i] for i in picked]
+            )
+        return StepBatch(**values)
+
+    def unpadded_prompts(self) -> list[list[int]]:
+        return [ids[m.bool()].tolist() for ids, m in zip(self.prompt_ids_N_P, self.prompt_mask_N_P)]
+
+    def unpadded_responses(self) -> list[list[int]]:
+        return [ids[m.bool()].tolist() for ids, m in zip(self.response_ids_N_T, self.response_mask_N_T)]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What a method computed before the gradient pass (no grad).
+
+    rows: per-row tensors (leading dim N), sliced together with the batch for mini/micro-batches.
+    metrics: namespaced floats for ``metrics.jsonl``.
+    skip_reason: when set, the step makes no optimizer update and no EMA update (e.g. SC-SDPO with no
+      informative question, §6.3), and the reason is logged.
+    """
+
+    rows: dict[str, torch.Tensor] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    skip_reason: str | None = None
+
+    def select(self, rows: torch.Tensor) -> Prepared:
+        return Prepared(
+            rows={k: v.index_select(0, rows.to(v.device)) for k, v in self.rows.items()},
+            metrics=self.metrics,
+            skip_reason=self.skip_reason,
+        )

@@ -1,0 +1,160 @@
+"""The training configuration: frozen dataclasses, one documented field each, loaded from YAML + overrides.
+
+Sections: ``model``, ``data``, ``rollout``, ``optim``, ``teacher`` (external teacher for OPD/SCOPE),
+``self_teacher`` (SDPO family and SRPO), ``method`` (its parameters depend on ``method.name``; see
+``opdkit.train.methods``), ``eval``, ``warmstart`` and run-level keys. Presets live in ``configs/*.yaml``.
+
+    cfg = load_config("configs/scope.yaml", ["rollout.n=8", "method.tau=0.5"])
+
+``opdkit train --help-config`` prints every key with its default and documentation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from opdkit.teachers.self_teacher import SelfTeacherOptions
+from opdkit.train.configio import ConfigError, apply_overrides, doc, from_dict, load_yaml, section
+from opdkit.train.methods import METHODS, MethodConfig
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    student: str = doc(
+        "tiny", "student: a Hugging Face model directory, or 'tiny' (warm-started on the task)"
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = doc("float32", "parameter dtype of the student")
+    device: str = doc("auto", "'cpu', 'cuda', 'cuda:N' or 'auto' (cuda when available)")
+    chat_template_kwargs: Mapping[str, Any] | None = doc(
+        None, "extra chat-template arguments for every prompt, e.g. {enable_thinking: false} for Qwen3"
+    )
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    name: str = doc("addition", "synthetic task: addition, countdown or sorting")
+    style: Literal["boxed", "mcq", "tool"] = doc("boxed", "answer style (selects the verifier family)")
+    difficulty: int = doc(3, "difficulty knob of the task (e.g. number of digits)")
+    train_size: int = doc(2000, "number of training problems generated")
+    eval_size: int = doc(100, "number of held-out problems generated (disjoint from training)")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train: str = doc("task", "'task' (the synthetic task below), a benchmark name or a data file path")
+    eval: str = doc("task", "held-out data: 'task', a benchmark name, a file path, or '' for none")
+    task: TaskConfig = section(TaskConfig, "the synthetic task used when train/eval is 'task'")
+    max_prompt_tokens: int = doc(2048, "prompts longer than this are rejected with the row named")
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    prompts_per_step: int = doc(16, "Q: questions sampled per step (each gets a fresh group id)")
+    n: int = doc(8, "G: rollouts per question")
+    temperature: float = doc(1.0, "sampling temperature (SDPO family 1.0; SCOPE 0.6)")
+    top_p: float = doc(1.0, "nucleus sampling threshold")
+    top_k: int = doc(0, "top-k sampling (0 = off)")
+    max_new_tokens: int = doc(16, "maximum response length; truncated responses keep their tokens")
+    logprob_temperature: float | None = doc(
+        None,
+        "temperature of the trainer's log-probs and of the teacher's (None = sampling temperature; §11 A4)",
+    )
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = doc(1e-4, "AdamW learning rate (papers: GRPO 1e-6, SDPO 1e-5, SRPO 5e-6, SCOPE 5e-5)")
+    weight_decay: float = doc(0.01, "AdamW weight decay")
+    betas: tuple[float, ...] = doc((0.9, 0.999), "AdamW betas")
+    warmup_steps: int = doc(0, "linear warm-up steps, then constant")
+    grad_clip: float = doc(1.0, "global gradient-norm clip (0 = off)")
+    mini_batches: int = doc(1, "optimizer updates per step (1 = on-policy; >1 splits the groups, PPO-style)")
+    micro_batch_size: int = doc(0, "sequences per forward/backward (0 = the whole mini-batch)")
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    kind: Literal["none", "local", "server"] = doc(
+        "none", "external teacher for opd/scope: a local model, an HTTP server, or none"
+    )
+    path: str = doc("", "local teacher: model directory ('tiny' = the warm-started strong teacher)")
+    url: str = doc("", "server teacher: base URL of an OpenAI-compatible server (opdkit serve-teacher, vLLM)")
+    api_key: str = doc("", "server teacher: bearer key ('' = none)")
+    model: str = doc("", "server teacher: model name sent in requests ('' = the server's first model)")
+    timeout_s: float = doc(60.0, "server teacher: per-request timeout")
+    max_retries: int = doc(4, "server teacher: retries per request (exponential backoff with jitter)")
+    concurrency: int = doc(4, "server teacher: requests in flight")
+    temperature: float | None = doc(
+        None, "teacher log-prob temperature (None = the student's log-prob temperature, §11 A4; 1.0 for vLLM)"
+    )
+    rows_per_request: int = doc(8, "server teacher: rows batched into one request")
+    max_failed_steps: int = doc(
+        3, "stop the run (after a checkpoint) after this many consecutive steps with failed rows"
+    )
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    every: int = doc(0, "evaluate every N steps (0 = only at start and end)")
+    k: int = doc(4, "samples per problem (mean@k, pass@k, maj@k)")
+    temperature: float = doc(0.6, "evaluation sampling temperature")
+    top_p: float = doc(0.95, "evaluation nucleus threshold")
+    max_new_tokens: int = doc(0, "evaluation response limit (0 = rollout.max_new_tokens)")
+    num_problems: int = doc(0, "evaluate on the first N problems (0 = all)")
+    at_start: bool = doc(True, "evaluate before the first step")
+
+
+@dataclass(frozen=True)
+class WarmStartConfig:
+    cache_dir: str = doc(
+        ".cache/opdkit/warmstart", "where warm-started tiny models are cached by config hash"
+    )
+    options: Mapping[str, Any] = doc(None, "extra options for opdkit.train.warmstart (see its docs)")
+
+
+def _method_config_type(raw: Mapping) -> type:
+    name = raw.get("name", "grpo")
+    if not isinstance(name, str):
+        raise ConfigError(f"method.name must be a string, got {name!r}")
+    if name not in METHODS:
+        raise ConfigError(f"unknown method {name!r}; valid methods: {', '.join(METHODS.names())}")
+    return METHODS.get(name).config_type
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = doc(0, "seed of sampling, data order and initialisation")
+    steps: int = doc(50, "training steps")
+    threads: int = doc(1, "torch intra-op threads on CPU (1 is fastest on a busy 2-core machine)")
+    log_every: int = doc(1, "write metrics every N steps")
+    checkpoint_every: int = doc(0, "save a checkpoint every N steps (0 = only at the end)")
+    keep_checkpoints: int = doc(2, "how many recent checkpoints to keep")
+    model: ModelConfig = section(ModelConfig, "student model")
+    data: DataConfig = section(DataConfig, "training and evaluation data")
+    rollout: RolloutConfig = section(RolloutConfig, "sampling of the student's rollouts")
+    optim: OptimConfig = section(OptimConfig, "optimizer")
+    method: MethodConfig = section(
+        lambda: METHODS.get("grpo").config_type(),
+        "the method and its parameters",
+        resolver=_method_config_type,
+    )
+    teacher: TeacherConfig = section(TeacherConfig, "external teacher (opd, scope)")
+    self_teacher: SelfTeacherOptions = section(SelfTeacherOptions, "self-teacher (SDPO family, SRPO)")
+    eval: EvalConfig = section(EvalConfig, "periodic evaluation on held-out problems")
+    warmstart: WarmStartConfig = section(WarmStartConfig, "warm start of tiny models")
+
+
+def config_from_dict(raw: Mapping[str, Any], overrides: Sequence[str] = ()) -> TrainConfig:
+    """Build and validate a ``TrainConfig`` from a nested dict plus dotted overrides."""
+    return from_dict(TrainConfig, apply_overrides(dict(raw), overrides))
+
+
+def load_config(path: str | None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Load a YAML preset (or start from defaults when ``path`` is None) and apply overrides."""
+    raw = load_yaml(path) if path else {}
+    try:
+        return config_from_dict(raw, overrides)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}" if path else str(exc)) from None

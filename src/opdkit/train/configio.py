@@ -1,0 +1,201 @@
+"""Typed configuration I/O: nested dicts / YAML <-> frozen dataclasses, dotted overrides, strict keys.
+
+Every config section is a frozen dataclass whose fields carry their documentation in
+``field(metadata={"help": ...})`` (the one place a field is documented). ``from_dict`` builds a section from
+a plain dict and rejects unknown keys naming the valid ones::
+
+    ConfigError: unknown key 'rollout.temprature'; valid keys of 'rollout': n, temperature, top_p, ...
+
+A field may be a *polymorphic* section: its dataclass is picked by the section's ``name`` key through a
+resolver (used for ``method``, whose parameters differ per method).
+
+Overrides use dotted paths with YAML-typed values: ``["rollout.n=8", "method.tau=0.5"]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key and the valid choices."""
+
+
+def doc(default: Any, help: str, **kwargs: Any) -> Any:
+    """A dataclass field with its documentation (``metadata["help"]``)."""
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("mutable defaults: use a tuple or default_factory")
+    return dataclasses.field(default=default, metadata={"help": help, **kwargs})
+
+
+def section(
+    factory: Callable[[], Any], help: str, *, resolver: Callable[[Mapping], type] | None = None
+) -> Any:
+    """A nested-section field; ``resolver(raw_dict) -> dataclass type`` makes it polymorphic."""
+    return dataclasses.field(default_factory=factory, metadata={"help": help, "resolver": resolver})
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Check/convert a YAML value to the annotated type; error names the key."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, path)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{path}: {value!r} does not fit {tp}")
+    if origin is typing.Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{path}: {value!r} is not one of {', '.join(map(repr, choices))}")
+        return value
+    if origin in (tuple, Sequence) or tp is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        inner = args[0] if args else Any
+        return tuple(_coerce(v, inner, f"{path}[{i}]") for i, v in enumerate(value))
+    if origin in (Mapping, dict) or tp is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true/false, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-5" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(f"{path}: expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type, raw: Mapping[str, Any] | None, path: str = "") -> Any:
+    """Build dataclass ``cls`` from ``raw``; an unknown key raises ``ConfigError`` naming the valid keys."""
+    raw = dict(raw or {})
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        where = f"'{path}'" if path else "the top level"
+        full = f"{path}.{unknown[0]}" if path else unknown[0]
+        raise ConfigError(f"unknown key '{full}'; valid keys of {where}: {', '.join(fields)}")
+    kwargs = {}
+    for name, value in raw.items():
+        f = fields[name]
+        key = f"{path}.{name}" if path else name
+        sub_cls = _section_type(f, hints[name], value)
+        if sub_cls is not None:
+            kwargs[name] = from_dict(sub_cls, value, key)
+        else:
+            kwargs[name] = _coerce(value, hints[name], key)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{path or 'config'}: {exc}") from None
+
+
+def _section_type(f: dataclasses.Field, hint: Any, value: Any) -> type | None:
+    resolver = f.metadata.get("resolver")
+    if resolver is not None:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"section '{f.name}' must be a mapping, got {value!r}")
+        return resolver(value)
+    return hint if dataclasses.is_dataclass(hint) else None
+
+
+def to_dict(obj: Any) -> Any:
+    """The plain nested dict of a config (tuples become lists), suitable for YAML."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with ``a.b.c=value`` overrides applied (values parsed as YAML)."""
+    out = _deep_copy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        dotted, text = item.split("=", 1)
+        keys = dotted.strip().split(".")
+        node = out
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: '{k}' is not a section")
+        node[keys[-1]] = yaml.safe_load(text) if text.strip() else ""
+    return out
+
+
+def _deep_copy(raw: Any) -> Any:
+    if isinstance(raw, dict):
+        return {k: _deep_copy(v) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [_deep_copy(v) for v in raw]
+    return raw
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    """Read a YAML mapping; a parse error names the file."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return data
+
+
+def describe(cls: type, prefix: str = "") -> list[str]:
+    """One line per field: ``key = default  # help``; for ``opdkit train --help-config``."""
+    lines = []
+    instance = cls()
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        value = getattr(instance, f.name)
+        if dataclasses.is_dataclass(value):
+            lines.append(f"{key}:  # {f.metadata.get('help', '')}")
+            lines.extend(describe(type(value), prefix=f"{key}."))
+        else:
+            lines.append(f"{key} = {value!r}  # {f.metadata.get('help', '')}")
+    return lines

@@ -1,0 +1,260 @@
+"""The training loop: one explicit, synchronous loop for every method.
+
+Each step (DESIGN.md "The training loop"):
+
+1. draw Q questions (each gets a fresh group id);
+2. roll out G responses per question with the current student;
+3. verify them (reward, extracted answer, feedback) and recompute the old log-probs;
+4. ``method.prepare``: teacher scoring (external teacher, or the self-teacher's reprompted context) and the
+   method's weights / advantages;
+5. ``run_updates``: loss, optimizer step(s), EMA self-teacher update — skipped when the method says the step
+   carries no signal (e.g. SC-SDPO with no informative question) or the loss/gradient is not finite;
+6. log one row to ``metrics.jsonl``; evaluate and checkpoint at fixed steps.
+
+Usage::
+
+    from opdkit.train import load_config, train
+    result = train(load_config("configs/sc_sdpo.yaml", ["steps=20"]), "runs/sc_sdpo")
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from opdkit.eval import EvalSettings, evaluate, write_eval
+from opdkit.eval.evaluate import VerifierCache
+from opdkit.rollout import SamplingParams
+from opdkit.teachers.self_teacher import make_teacher_weights
+from opdkit.train.checkpoint import (
+    CheckpointParts,
+    latest_checkpoint,
+    load_state,
+    load_teacher_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from opdkit.train.config import TrainConfig
+from opdkit.train.methods import METHODS, MethodContext
+from opdkit.train.rollouts import RolloutRequest, collect_rollouts
+from opdkit.train.rundir import RunDir
+from opdkit.train.setup import (
+    PromptSampler,
+    load_data,
+    load_models,
+    make_external_teacher,
+    make_optimizer,
+    offline_pass_rates,
+    resolve_device,
+    seed_everything,
+)
+from opdkit.train.update import UpdateSettings, UpdateStats, run_updates
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Where the run lives, the last step done, why it ended, and the last evaluation summary."""
+
+    run_dir: Path
+    last_step: int
+    status: str
+    final_eval: dict[str, Any] | None
+
+
+def train(
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: Any = None,
+) -> TrainResult:
+    """Train ``cfg.method`` for ``cfg.steps`` steps, writing the run directory (see ``rundir``).
+
+    ``progress``, if given, is called as ``progress(step, row)`` after each logged step (the CLI's bar).
+    """
+    if torch.device(resolve_device(cfg.model.device)).type == "cpu":
+        torch.set_num_threads(cfg.threads)
+    _quiet_transformers()
+    seed_everything(cfg.seed)
+    run = RunDir.open(run_dir, cfg, resume=resume, overwrite=overwrite)
+    device = resolve_device(cfg.model.device)
+    models = load_models(cfg, device)
+    chat_kwargs = dict(cfg.model.chat_template_kwargs or {})
+    data = load_data(cfg, models.tokenizer, chat_kwargs)
+    logprob_t = cfg.rollout.logprob_temperature or cfg.rollout.temperature
+    method = METHODS.get(cfg.method.name)
+    ctx = MethodContext(
+        student=models.student,
+        tokenizer=models.tokenizer,
+        temperature=logprob_t,
+        teacher=make_external_teacher(cfg, models, device, logprob_t) if method.uses_teacher else None,
+        self_teacher=make_teacher_weights(models.student, cfg.self_teacher)
+        if method.uses_self_teacher
+        else None,
+        self_teacher_options=cfg.self_teacher,
+        chat_kwargs=chat_kwargs,
+        estimate_pass_rates=lambda n, t: offline_pass_rates(
+            models.student, models.tokenizer, data, _params(cfg, n=n, temperature=t), seed=cfg.seed + 7
+        ),
+    )
+    optimizer, scheduler = make_optimizer(cfg, models.student)
+    sampler = PromptSampler(len(data.train), cfg.seed)
+    verifiers = VerifierCache()
+    start, teacher_failures = 0, 0
+    if resume:
+        start, teacher_failures = _restore(run, models.student, (optimizer, scheduler), sampler, ctx)
+    method.setup(cfg.method, ctx)
+    last_eval = (
+        _evaluate(cfg, run, models, data, 0) if start == 0 and cfg.eval.at_start and data.eval else None
+    )
+    if last_eval is not None:
+        run.log({"step": 0, **_eval_row(last_eval)})
+
+    status = "completed"
+    for step in range(start + 1, cfg.steps + 1):
+        t0 = time.perf_counter()
+        # 1-3. questions -> G rollouts each -> verdicts and old log-probs
+        request = RolloutRequest(
+            example_indices=sampler.next(cfg.rollout.prompts_per_step),
+            params=_params(cfg),
+            seed=cfg.seed * 1_000_003 + step,
+            first_group_id=step * cfg.rollout.prompts_per_step,
+            logprob_temperature=logprob_t,
+            micro_batch_size=cfg.optim.micro_batch_size,
+        )
+        rollouts = collect_rollouts(models.student, models.tokenizer, data, verifiers, request)
+        t1 = time.perf_counter()
+        # 4. teacher scores and the method's weights / advantages (no grad)
+        prepared = method.prepare(cfg.method, rollouts.batch, ctx)
+        t2 = time.perf_counter()
+        # 5. loss, optimizer step(s), EMA teacher update
+        stats = UpdateStats()
+        if prepared.skip_reason is None:
+            settings = UpdateSettings(cfg.optim.mini_batches, cfg.optim.micro_batch_size, cfg.optim.grad_clip)
+            stats = run_updates(
+                method, cfg.method, rollouts.batch, prepared, ctx, (optimizer, scheduler), settings
+            )
+        t3 = time.perf_counter()
+        failed_rows = prepared.metrics.get("teacher/failed_rows", 0.0)
+        teacher_failures = teacher_failures + 1 if failed_rows > 0 else 0
+        # 6. log, evaluate, checkpoint
+        row = {
+            "step": step,
+            **rollouts.metrics,
+            **prepared.metrics,
+            **stats.as_metrics(),
+            "train/skipped": float(prepared.skip_reason is not None or stats.updates == 0),
+            **({"train/skip_reason": prepared.skip_reason} if prepared.skip_reason else {}),
+            "train/lr": scheduler.get_last_lr()[0],
+            "teacher/consecutive_failed_steps": float(teacher_failures),
+        }
+        if _due(step, cfg.eval.every, cfg.steps) and data.eval:
+            last_eval = _evaluate(cfg, run, models, data, step)
+            row.update(_eval_row(last_eval))
+        row.update({"time/rollout_s": t1 - t0, "time/prepare_s": t2 - t1, "time/update_s": t3 - t2,
+                    "time/step_s": time.perf_counter() - t0})  # fmt: skip
+        if step % max(1, cfg.log_every) == 0 or step == cfg.steps:
+            run.log(row)
+            if progress is not None:
+                progress(step, row)
+        stop = method.uses_teacher and teacher_failures >= cfg.teacher.max_failed_steps
+        if _due(step, cfg.checkpoint_every, cfg.steps) or stop:
+            _save(
+                run,
+                step,
+                models,
+                (optimizer, scheduler),
+                sampler,
+                ctx,
+                teacher_failures,
+                cfg.keep_checkpoints,
+            )
+        if stop:
+            status = f"stopped: teacher failed on {teacher_failures} consecutive steps"
+            return TrainResult(run.path, step, status, last_eval)
+    return TrainResult(run.path, cfg.steps, status, last_eval)
+
+
+def _quiet_transformers() -> None:
+    """No per-load progress bars in the middle of the run's own output."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def _params(cfg: TrainConfig, *, n: int | None = None, temperature: float | None = None) -> SamplingParams:
+    r = cfg.rollout
+    return SamplingParams(
+        n=n or r.n,
+        temperature=r.temperature if temperature is None else temperature,
+        top_p=r.top_p,
+        top_k=r.top_k,
+        max_new_tokens=r.max_new_tokens,
+    )
+
+
+def _due(step: int, every: int, last: int) -> bool:
+    return step == last or (every > 0 and step % every == 0)
+
+
+def _evaluate(cfg: TrainConfig, run: RunDir, models: Any, data: Any, step: int) -> dict[str, Any]:
+    e = cfg.eval
+    settings = EvalSettings(
+        k=e.k, temperature=e.temperature, top_p=e.top_p,
+        max_new_tokens=e.max_new_tokens or cfg.rollout.max_new_tokens, seed=cfg.seed + 17,
+    )  # fmt: skip
+    result = evaluate(models.student, models.tokenizer, data.eval, settings)
+    write_eval(result, run.eval_dir, f"step_{step}")
+    return result.summary
+
+
+def _eval_row(summary: dict[str, Any]) -> dict[str, float]:
+    return {f"eval/{k}": v for k, v in summary["average"].items() if k != "num_problems"}
+
+
+def _save(run, step, models, optim, sampler, ctx, teacher_failures, keep) -> None:
+    optimizer, scheduler = optim
+    state = {
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "sampler": sampler.state_dict(),
+        "rng": rng_state(),
+        "teacher_failures": teacher_failures,
+        "paced_weights_D": ctx.paced_weights_D,
+    }
+    teacher_state = ctx.self_teacher.state_dict() if ctx.self_teacher is not None else {}
+    save_checkpoint(
+        run.path, step, CheckpointParts(models.student, models.tokenizer, teacher_state, state), keep=keep
+    )
+
+
+def _restore(run: RunDir, student, optim, sampler: PromptSampler, ctx: MethodContext) -> tuple[int, int]:
+    """Load the newest complete checkpoint into the live objects -> (step, consecutive teacher failures)."""
+    ckpt = latest_checkpoint(run.path)
+    if ckpt is None:
+        print(f"no complete checkpoint in {run.path}; starting from step 0")
+        run.truncate_metrics(-1)
+        return 0, 0
+    from transformers import AutoModelForCausalLM
+
+    saved = AutoModelForCausalLM.from_pretrained(ckpt / "model", dtype=next(student.parameters()).dtype)
+    student.load_state_dict(saved.state_dict())  # strict: any mismatch is an error, not a silent skip
+    state = load_state(ckpt)
+    optim[0].load_state_dict(state["optimizer"])
+    optim[1].load_state_dict(state["scheduler"])
+    sampler.load_state_dict(state["sampler"])
+    if ctx.self_teacher is not None:
+        ctx.self_teacher.load_state_dict(load_teacher_state(ckpt))
+    ctx.paced_weights_D = state.get("paced_weights_D")
+    set_rng_state(state["rng"])
+    run.truncate_metrics(state["step"])
+    print(f"resumed from {ckpt} (step {state['step']})")
+    return int(state["step"]), int(state["teacher_failures"])

@@ -1,0 +1,163 @@
+"""Policy-gradient methods: GRPO, GRPO without std normalisation, and on-policy distillation (OPD).
+
+- ``grpo`` (ALGORITHMS.md §2, §7.1): A_i = (r_i − mean_q)/(std_q + ε) on every token, PPO clip 0.2/0.28,
+  dual clip 3, token-mean, no KL.
+- ``grpo_no_std``: A_i = r_i − mean_q ("GRPO w/o Norm", Dr.GRPO style).
+- ``opd`` (§3.1, §7.2): A[i,t] = −(logp_old − logp_T)[i,t] from an external teacher on every rollout, PPO
+  clip 0.2/0.2 (SCOPE's stack). Rows whose teacher scores did not arrive are excluded from the loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from opdkit.core.advantages import grpo_advantages, opd_advantages
+from opdkit.core.losses import (
+    LossOutput,
+    aggregate,
+    aggregation_denominator,
+    clipped_surrogate,
+    masked_mean,
+    surrogate_metrics,
+)
+from opdkit.core.registry import Registry
+from opdkit.train.batch import Prepared, StepBatch
+from opdkit.train.forward import student_forward
+from opdkit.train.methods.base import Method, MethodConfig, MethodContext
+
+
+def _f(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class PolicyLossConfig(MethodConfig):
+    """Shared by the policy-gradient methods: the PPO-style clip and the aggregation (§2.2, §2.3)."""
+
+    clip_low: float = _f(0.2, "PPO lower clip ε_low")
+    clip_high: float = _f(0.28, "PPO upper clip ε_high (clip-higher; 0.2 for SCOPE's stack)")
+    dual_clip: float | None = _f(3.0, "dual-clip constant c for negative advantages (None = off)")
+    agg: str = _f("token-mean", "loss aggregation: token-mean, seq-mean-token-sum, seq-mean-token-mean, "
+                  "seq-mean-token-sum-norm")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class GrpoConfig(PolicyLossConfig):
+    name: str = _f("grpo", "the method")
+    normalize_std: bool = _f(True, "divide by the group's unbiased std (False = GRPO w/o Norm)")
+    eps: float = _f(1e-6, "ε added to the std")
+
+
+@dataclass(frozen=True)
+class GrpoNoStdConfig(GrpoConfig):
+    name: str = _f("grpo_no_std", "the method")
+    normalize_std: bool = _f(False, "divide by the group's unbiased std (False = GRPO w/o Norm)")
+
+
+@dataclass(frozen=True)
+class OpdConfig(PolicyLossConfig):
+    name: str = _f("opd", "the method")
+    clip_high: float = _f(0.2, "PPO upper clip ε_high (SCOPE's stack uses 0.2/0.2)")
+    coef: float = _f(1.0, "λ, the scale of the reverse-KL advantage")
+    discount: float = _f(0.0, "γ: discounted future sum of the per-token advantage (Tinker default 0)")
+
+
+def policy_gradient_loss(
+    cfg: PolicyLossConfig, batch: StepBatch, adv: torch.Tensor, loss_mask_N_T: torch.Tensor, ctx, denom
+) -> LossOutput:
+    """Clipped surrogate with ``adv`` ((N,) or (N, T)) aggregated over ``loss_mask`` with ``denom``."""
+    out = student_forward(ctx.student, batch, ctx.temperature)
+    sur = clipped_surrogate(
+        out.logp_N_T, batch.old_logp_N_T, adv,
+        clip_low=cfg.clip_low, clip_high=cfg.clip_high, dual_clip=cfg.dual_clip, mask_N_T=loss_mask_N_T,
+    )  # fmt: skip
+    loss = aggregate(sur.loss_N_T, loss_mask_N_T, cfg.agg, global_denominator=denom)
+    return LossOutput(
+        loss, sur.loss_N_T, surrogate_metrics(sur, out.logp_N_T, batch.old_logp_N_T, loss_mask_N_T)
+    )
+
+
+class Grpo(Method):
+    config_type = GrpoConfig
+    description = "GRPO: group-normalised outcome advantage, PPO clip (§2)"
+
+    def prepare(self, cfg: GrpoConfig, batch: StepBatch, ctx: MethodContext) -> Prepared:
+        adv_N = grpo_advantages(
+            batch.rewards_N, batch.group_ids_N, normalize_std=cfg.normalize_std, eps=cfg.eps
+        )
+        metrics = {"adv/mean": float(adv_N.mean()), "adv/abs_mean": float(adv_N.abs().mean())}
+        skip = None if bool((adv_N != 0).any()) else "every advantage is 0 (all groups degenerate)"
+        return Prepared(rows={"adv_N": adv_N}, metrics=metrics, skip_reason=skip)
+
+    def denominators(self, cfg, batch, prepared):
+        return {"agg": aggregation_denominator(batch.response_mask_N_T, cfg.agg)}
+
+    def loss(self, cfg, batch, prepared, denoms, ctx) -> LossOutput:
+        return policy_gradient_loss(
+            cfg, batch, prepared.rows["adv_N"], batch.response_mask_N_T, ctx, denoms["agg"]
+        )
+
+
+class GrpoNoStd(Grpo):
+    config_type = GrpoNoStdConfig
+    description = "GRPO w/o std normalisation (Dr.GRPO-style advantage r − mean)"
+
+
+@dataclass(frozen=True)
+class TeacherResult:
+    """External-teacher log-probs (N, T) (NaN on invalid rows), the valid rows (N,) and counters."""
+
+    logp_N_T: torch.Tensor
+    valid_N: torch.Tensor
+    stats: dict
+
+
+def score_with_teacher(batch: StepBatch, ctx: MethodContext) -> TeacherResult:
+    """Score the batch's own prompts and responses with the external teacher (§5.1: unchanged prompt)."""
+    if ctx.teacher is None:
+        raise ValueError("this method needs an external teacher: set teacher.kind to 'local' or 'server'")
+    scores = ctx.teacher.score(
+        batch.unpadded_prompts(), batch.unpadded_responses(), pad_to=batch.response_ids_N_T.shape[1]
+    )
+    device = batch.old_logp_N_T.device
+    return TeacherResult(
+        scores.logp_N_T.to(device), scores.valid_N.to(device, torch.bool), dict(scores.stats)
+    )
+
+
+def teacher_metrics(batch: StepBatch, teacher: TeacherResult, mask_N_T: torch.Tensor) -> dict[str, float]:
+    """Valid-row fraction and the sampled-token reverse KL estimate mean(logp_old − logp_T) on ``mask``."""
+    gap = torch.where(mask_N_T, batch.old_logp_N_T - teacher.logp_N_T, 0.0)
+    return {
+        "teacher/valid_fraction": float(teacher.valid_N.float().mean()),
+        "teacher/reverse_kl": float(masked_mean(gap, mask_N_T)),
+    }
+
+
+class Opd(Method):
+    config_type = OpdConfig
+    uses_teacher = True
+    description = "OPD: per-token reverse-KL advantage from an external teacher (§3.1)"
+
+    def prepare(self, cfg: OpdConfig, batch: StepBatch, ctx: MethodContext) -> Prepared:
+        teacher = score_with_teacher(batch, ctx)
+        mask = batch.response_mask_N_T.bool() & teacher.valid_N.unsqueeze(-1)
+        adv = opd_advantages(batch.old_logp_N_T, teacher.logp_N_T, mask, coef=cfg.coef, discount=cfg.discount)
+        metrics = {**teacher.stats, **teacher_metrics(batch, teacher, mask)}
+        skip = None if bool(mask.any()) else "no row has teacher scores"
+        return Prepared(rows={"adv_N_T": adv, "loss_mask_N_T": mask}, metrics=metrics, skip_reason=skip)
+
+    def denominators(self, cfg, batch, prepared):
+        return {"agg": aggregation_denominator(prepared.rows["loss_mask_N_T"], cfg.agg)}
+
+    def loss(self, cfg, batch, prepared, denoms, ctx) -> LossOutput:
+        rows = prepared.rows
+        return policy_gradient_loss(cfg, batch, rows["adv_N_T"], rows["loss_mask_N_T"], ctx, denoms["agg"])
+
+
+def register(methods: Registry) -> None:
+    methods.add("grpo", Grpo())
+    methods.add("grpo_no_std", GrpoNoStd())
+    methods.add("opd", Opd())

@@ -1,0 +1,149 @@
+"""SCOPE (arXiv 2604.10688): correctness-routed, perplexity-weighted on-policy distillation.
+
+ALGORITHMS.md §5. Per group, correct rollouts get MLE weighted by the student's perplexity, wrong rollouts
+get OPD weighted by the teacher's perplexity; weights are softmaxes over each path of each group with
+temperature τ (``core.weights.scope_weights``), combined by ``core.objectives.scope_loss``.
+
+Ablations and presets are parameters:
+- ``sign_preset``: ``paper`` (w_stu ∝ PPL_S^{+1/τ}, w_tea ∝ PPL_T^{−1/τ}) or ``released_scripts`` (the
+  released scripts' inverted student path, §11 A1); ``student_exponent``/``teacher_exponent`` override it
+  (e.g. the "reversed signs" ablation).
+- ``use_seq_weights=False``: unweighted dual path (MLE on correct, OPD on wrong, weight 1).
+- ``use_student_weights=False`` / ``use_teacher_weights=False``: weight 1 on that path only.
+- ``dual_path=False``: plain OPD on every rollout (the OPD baseline of SCOPE's stack).
+Example::
+
+    opdkit train configs/scope.yaml method.tau=2.0 method.use_student_weights=false
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from opdkit.core.groups import sequence_mean
+from opdkit.core.objectives import ClipConfig, ScopeDenominators, ScopeInputs, scope_denominators, scope_loss
+from opdkit.core.registry import Registry
+from opdkit.core.weights import SCOPE_SIGN_PRESETS, ScopeWeights, scope_weights
+from opdkit.train.batch import Prepared, StepBatch
+from opdkit.train.forward import student_forward
+from opdkit.train.methods.base import Method, MethodConfig, MethodContext, weight_stats
+from opdkit.train.methods.policy import score_with_teacher, teacher_metrics
+
+
+def _f(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class ScopeConfig(MethodConfig):
+    name: str = _f("scope", "the method")
+    tau: float = _f(1.0, "softmax temperature τ of both paths")
+    sign_preset: str = _f("paper", "exponent signs: 'paper' or 'released_scripts' (§5.6, §11 A1)")
+    student_exponent: float | None = _f(None, "override: correct-path weight ∝ PPL_S^(e/τ)")
+    teacher_exponent: float | None = _f(None, "override: wrong-path weight ∝ PPL_T^(e/τ)")
+    normalization: str = _f("mean1", "'mean1' (code: mean 1 per path and group) or 'sum1' (paper)")
+    agg: str = _f("code", "'code' (PG token-mean over all tokens + MLE token-mean over correct) or 'joint'")
+    use_seq_weights: bool = _f(True, "False: unweighted dual path")
+    use_student_weights: bool = _f(True, "False: weight 1 on correct rollouts")
+    use_teacher_weights: bool = _f(True, "False: weight 1 on wrong rollouts")
+    dual_path: bool = _f(True, "False: plain OPD on every rollout, no MLE path")
+    clip_low: float = _f(0.2, "PPO lower clip")
+    clip_high: float = _f(0.2, "PPO upper clip (SCOPE uses verl's 0.2)")
+    dual_clip: float | None = _f(3.0, "dual-clip constant (None = off)")
+
+    def __post_init__(self) -> None:
+        if self.sign_preset not in SCOPE_SIGN_PRESETS:
+            raise ValueError(
+                f"unknown scope sign_preset {self.sign_preset!r}; valid: {', '.join(SCOPE_SIGN_PRESETS)}"
+            )
+
+    def exponents(self) -> tuple[float, float]:
+        student, teacher = SCOPE_SIGN_PRESETS[self.sign_preset]
+        return (
+            student if self.student_exponent is None else self.student_exponent,
+            teacher if self.teacher_exponent is None else self.teacher_exponent,
+        )
+
+
+def _weights(
+    cfg: ScopeConfig, batch: StepBatch, teacher_logp: torch.Tensor, valid_N: torch.Tensor
+) -> ScopeWeights:
+    """SCOPE weights with the ablation switches applied (§5.6)."""
+    correct = batch.success_N.to(torch.bool)
+    wrong_ok = (~correct & valid_N).float()
+    if not cfg.dual_path:  # plain OPD: weight 1 on every scored row, no MLE path
+        return ScopeWeights(student_N=torch.zeros_like(wrong_ok), teacher_N=valid_N.float())
+    student_exp, teacher_exp = cfg.exponents()
+    w = scope_weights(
+        sequence_mean(batch.old_logp_N_T, batch.response_mask_N_T),  # ℓS: pre-update student, §5.3
+        sequence_mean(teacher_logp, batch.response_mask_N_T),  # ℓT: teacher on the sampled tokens
+        correct, batch.group_ids_N,
+        tau=cfg.tau, student_exponent=student_exp, teacher_exponent=teacher_exp,
+        normalization=cfg.normalization, valid_N=valid_N,
+    )  # fmt: skip
+    use_student = cfg.use_seq_weights and cfg.use_student_weights
+    use_teacher = cfg.use_seq_weights and cfg.use_teacher_weights
+    return ScopeWeights(
+        student_N=w.student_N if use_student else correct.float(),
+        teacher_N=w.teacher_N if use_teacher else wrong_ok,
+    )
+
+
+class Scope(Method):
+    config_type = ScopeConfig
+    uses_teacher = True
+    description = "SCOPE: correct -> PPL_S-weighted MLE, wrong -> PPL_T-weighted OPD (§5)"
+
+    def prepare(self, cfg: ScopeConfig, batch: StepBatch, ctx: MethodContext) -> Prepared:
+        teacher = score_with_teacher(batch, ctx)
+        w = _weights(cfg, batch, teacher.logp_N_T, teacher.valid_N)
+        correct = batch.success_N.to(torch.bool) if cfg.dual_path else torch.zeros_like(teacher.valid_N)
+        rows = {
+            "teacher_logp_N_T": teacher.logp_N_T,
+            "teacher_valid_N": teacher.valid_N,
+            "correct_N": correct,
+            "w_student_N": w.student_N,
+            "w_teacher_N": w.teacher_N,
+        }
+        mask = batch.response_mask_N_T.bool() & teacher.valid_N.unsqueeze(-1)
+        metrics = {
+            **teacher.stats,
+            **teacher_metrics(batch, teacher, mask),
+            "scope/correct_fraction": float(correct.float().mean()),
+            **weight_stats("weights/scope_student", w.student_N, correct),
+            **weight_stats("weights/scope_teacher", w.teacher_N, ~correct & teacher.valid_N),
+        }
+        return Prepared(rows=rows, metrics=metrics)
+
+    @staticmethod
+    def _inputs(batch: StepBatch, prepared: Prepared, logp_N_T: torch.Tensor) -> ScopeInputs:
+        rows = prepared.rows
+        return ScopeInputs(
+            logp_N_T=logp_N_T,
+            old_logp_N_T=batch.old_logp_N_T,
+            teacher_logp_N_T=rows["teacher_logp_N_T"],
+            mask_N_T=batch.response_mask_N_T,
+            correct_N=rows["correct_N"],
+            teacher_valid_N=rows["teacher_valid_N"],
+        )
+
+    def denominators(self, cfg, batch, prepared):
+        d = scope_denominators(self._inputs(batch, prepared, batch.old_logp_N_T))
+        return {"pg": d.pg, "mle": d.mle}
+
+    def loss(self, cfg: ScopeConfig, batch, prepared, denoms, ctx):
+        out = student_forward(ctx.student, batch, ctx.temperature)
+        weights = ScopeWeights(prepared.rows["w_student_N"], prepared.rows["w_teacher_N"])
+        return scope_loss(
+            self._inputs(batch, prepared, out.logp_N_T),
+            weights,
+            clip=ClipConfig(cfg.clip_low, cfg.clip_high, cfg.dual_clip),
+            agg=cfg.agg,
+            denominators=ScopeDenominators(pg=denoms["pg"], mle=denoms["mle"]),
+        )
+
+
+def register(methods: Registry) -> None:
+    methods.add("scope", Scope())

@@ -1,0 +1,207 @@
+"""Self-distillation: SDPO and its question-weighted variants SC-SDPO, hard filter and PACED.
+
+- ``sdpo`` (ALGORITHMS.md §4): the EMA self-teacher sees a successful sibling (or feedback) in context; the
+  student is distilled toward it with the top-100 + tail JSD (α = 0.5), IS clip 2, over the rows that have
+  a teacher context (``sd_mask``), aggregated per sequence over all sequences (§11 A8).
+- ``sc_sdpo`` (§6, SC-SDPO arXiv 2605.27765): the same loss times w_q = (p_q(1−p_q))^α normalised to mean 1
+  over the step's informative questions (α = 0.5; ``sc_alpha: 1.0`` is the "variance" variant).
+- ``sdpo_hard_filter`` (§6.4): w_q = 1[0 < p_q < 1].
+- ``sdpo_paced`` (§7.3): w_q from the initial policy's offline pass rate (n0 samples at T = 1), frozen.
+A step whose question weights are all zero makes no update and no EMA update (§6.3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from opdkit.core.divergences import distillation_token_loss, sampled_token_distill_loss
+from opdkit.core.groups import group_index, group_mean
+from opdkit.core.losses import (
+    AGG_MODES,
+    DENOMINATORS,
+    LossOutput,
+    aggregation_denominator,
+    truncated_is_weight,
+)
+from opdkit.core.objectives import DistillAggregation, self_distillation_loss
+from opdkit.core.registry import Registry
+from opdkit.core.sequence import left_pad, token_logp
+from opdkit.core.weights import hard_filter_weights, paced_weights, pass_rate_weights
+from opdkit.teachers.self_teacher import RolloutTexts, build_teacher_context
+from opdkit.train.batch import Prepared, StepBatch
+from opdkit.train.forward import PolicyOutput, self_teacher_logits, student_forward
+from opdkit.train.methods.base import Method, MethodConfig, MethodContext, weight_stats
+
+
+def _f(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class SdpoConfig(MethodConfig):
+    name: str = _f("sdpo", "the method")
+    alpha: float = _f(0.5, "divergence: 0 forward KL, 1 reverse KL, else generalised JSD (0.5 symmetric)")
+    top_k: int | None = _f(100, "distil on the student's top-k support (None = full vocabulary)")
+    tail: bool = _f(True, "append the tail bucket to the top-k support (else renormalise over k)")
+    is_clip: float | None = _f(2.0, "importance-ratio cap min(π_θ/π_old, c) on the loss (None = off)")
+    full_logit: bool = _f(True, "False: sampled-token surrogate sg(logp − logp_T)·logp (needs alpha = 1)")
+    agg: str = _f("seq-mean-token-mean", "aggregation mode (§2.3)")
+    denominator: str = _f("per_sequence_all", "'per_sequence_all' (reference, §11 A8) or 'valid'")
+
+    def __post_init__(self) -> None:
+        if not self.full_logit and self.alpha != 1.0:
+            raise ValueError("method.full_logit=false (sampled-token distillation) requires method.alpha=1.0")
+        if self.agg not in AGG_MODES:
+            raise ValueError(f"unknown method.agg {self.agg!r}; valid: {', '.join(AGG_MODES)}")
+        if self.denominator not in DENOMINATORS:
+            raise ValueError(
+                f"unknown method.denominator {self.denominator!r}; valid: {', '.join(DENOMINATORS)}"
+            )
+
+
+@dataclass(frozen=True)
+class ScSdpoConfig(SdpoConfig):
+    name: str = _f("sc_sdpo", "the method")
+    sc_alpha: float = _f(0.5, "exponent α of (p(1−p))^α (0.5 scale-consistent, 1.0 variance)")
+
+
+@dataclass(frozen=True)
+class HardFilterConfig(SdpoConfig):
+    name: str = _f("sdpo_hard_filter", "the method")
+
+
+@dataclass(frozen=True)
+class PacedConfig(SdpoConfig):
+    name: str = _f("sdpo_paced", "the method")
+    offline_samples: int = _f(8, "n0: samples per training question for the offline pass rate")
+    offline_temperature: float = _f(1.0, "sampling temperature of the offline pass")
+    kernel_a: float = _f(1.0, "Beta kernel p^a (1−p)^b: a")
+    kernel_b: float = _f(1.0, "Beta kernel p^a (1−p)^b: b")
+
+
+@dataclass(frozen=True)
+class TeacherPrompts:
+    """Reprompted teacher prompts as left-padded rows, the SDPO mask (N,) and ``sdpo/*`` statistics."""
+
+    rows: dict[str, torch.Tensor]
+    sd_mask_N: torch.Tensor
+    stats: dict[str, float]
+
+
+def teacher_prompt_rows(batch: StepBatch, ctx: MethodContext) -> TeacherPrompts:
+    """Build the self-teacher's context for every row of the batch (§4.2-§4.5)."""
+    texts = RolloutTexts(
+        messages=batch.messages,
+        response_texts=batch.response_texts,
+        success=batch.success_N.tolist(),
+        feedback=batch.feedback,
+        group_ids=batch.group_ids_N.tolist(),
+    )
+    context = build_teacher_context(ctx.tokenizer, texts, ctx.self_teacher_options, ctx.chat_kwargs)
+    ids, mask = left_pad(context.prompt_ids, ctx.tokenizer.pad_token_id or 0)
+    device = batch.response_ids_N_T.device
+    rows = {"teacher_prompt_ids": ids.to(device), "teacher_prompt_mask": mask.to(device)}
+    stats = {f"sdpo/{k}": v for k, v in context.stats.items()}
+    return TeacherPrompts(rows=rows, sd_mask_N=context.sd_mask_N.to(device), stats=stats)
+
+
+def distill_divergence(cfg: SdpoConfig, out: PolicyOutput, teacher_logits: torch.Tensor, batch: StepBatch):
+    """Per-token divergence D[i,t] (§4.7): top-k(+tail) / full-vocabulary, or the sampled-token surrogate."""
+    if cfg.full_logit:
+        return distillation_token_loss(
+            out.logits_N_T_V, teacher_logits, alpha=cfg.alpha, top_k=cfg.top_k, tail=cfg.tail
+        )
+    return sampled_token_distill_loss(out.logp_N_T, token_logp(teacher_logits, batch.response_ids_N_T))
+
+
+class Sdpo(Method):
+    config_type = SdpoConfig
+    uses_self_teacher = True
+    description = "SDPO: self-distillation from the EMA self-teacher with a sibling in context (§4)"
+
+    def question_weights(self, cfg: SdpoConfig, batch: StepBatch, ctx: MethodContext) -> torch.Tensor | None:
+        """w_q(i) per row, or None for plain SDPO."""
+        return None
+
+    def prepare(self, cfg: SdpoConfig, batch: StepBatch, ctx: MethodContext) -> Prepared:
+        prompts = teacher_prompt_rows(batch, ctx)
+        rows, metrics = dict(prompts.rows), dict(prompts.stats)
+        loss_mask = batch.response_mask_N_T.bool() & prompts.sd_mask_N.unsqueeze(-1)
+        weights_N = self.question_weights(cfg, batch, ctx)
+        skip = None if bool(loss_mask.any()) else "no rollout has a teacher context (empty target batch)"
+        if weights_N is not None:
+            rows["question_weight_N"] = weights_N
+            metrics.update(weight_stats("weights/question", weights_N, weights_N > 0))
+            metrics["weights/question_nonzero_fraction"] = float((weights_N > 0).float().mean())
+            if skip is None and not bool((weights_N.unsqueeze(-1) * loss_mask).any()):
+                skip = "every question weight of the rows with a teacher context is 0 (§6.3)"
+        rows["loss_mask_N_T"] = loss_mask
+        return Prepared(rows=rows, metrics=metrics, skip_reason=skip)
+
+    def denominators(self, cfg: SdpoConfig, batch, prepared):
+        d = aggregation_denominator(prepared.rows["loss_mask_N_T"], cfg.agg, denominator=cfg.denominator)
+        return {"agg": d}
+
+    def loss(self, cfg: SdpoConfig, batch, prepared, denoms, ctx) -> LossOutput:
+        out = student_forward(ctx.student, batch, ctx.temperature)
+        teacher_logits = self_teacher_logits(
+            ctx.self_teacher, ctx.student, prepared.rows, batch, ctx.temperature
+        )
+        divergence = distill_divergence(cfg, out, teacher_logits, batch)
+        result = self_distillation_loss(
+            divergence,
+            prepared.rows["loss_mask_N_T"],
+            is_weight_N_T=truncated_is_weight(out.logp_N_T, batch.old_logp_N_T, cap=cfg.is_clip),
+            question_weight_N=prepared.rows.get("question_weight_N"),
+            aggregation=DistillAggregation(cfg.agg, cfg.denominator),
+            global_denominator=denoms["agg"],
+        )
+        return result
+
+
+def _per_row(weights_P: torch.Tensor, batch: StepBatch) -> torch.Tensor:
+    idx = group_index(batch.group_ids_N)
+    return weights_P[idx.inverse_N]
+
+
+def _pass_rates_P(batch: StepBatch) -> torch.Tensor:
+    return group_mean(batch.success_N.float(), group_index(batch.group_ids_N))
+
+
+class ScSdpo(Sdpo):
+    config_type = ScSdpoConfig
+    description = "SC-SDPO: SDPO × (p(1−p))^α normalised to mean 1 over informative questions (§6)"
+
+    def question_weights(self, cfg: ScSdpoConfig, batch, ctx):
+        return _per_row(pass_rate_weights(_pass_rates_P(batch), alpha=cfg.sc_alpha), batch)
+
+
+class SdpoHardFilter(Sdpo):
+    config_type = HardFilterConfig
+    description = "SDPO with a hard filter: only questions with 0 < p < 1 (§6.4)"
+
+    def question_weights(self, cfg, batch, ctx):
+        return _per_row(hard_filter_weights(_pass_rates_P(batch)), batch)
+
+
+class SdpoPaced(Sdpo):
+    config_type = PacedConfig
+    description = "SDPO with PACED weights p0(1−p0) from a frozen offline pass (§7.3)"
+
+    def setup(self, cfg: PacedConfig, ctx: MethodContext) -> None:
+        if ctx.paced_weights_D is not None:  # restored from a checkpoint: the weights are frozen
+            return
+        p0_D = ctx.estimate_pass_rates(cfg.offline_samples, cfg.offline_temperature)
+        ctx.paced_weights_D = paced_weights(p0_D, a=cfg.kernel_a, b=cfg.kernel_b)
+
+    def question_weights(self, cfg, batch, ctx):
+        return ctx.paced_weights_D.to(batch.example_index_N.device)[batch.example_index_N]
+
+
+def register(methods: Registry) -> None:
+    methods.add("sdpo", Sdpo())
+    methods.add("sc_sdpo", ScSdpo())
+    methods.add("sdpo_hard_filter", SdpoHardFilter())
+    methods.add("sdpo_paced", SdpoPaced())

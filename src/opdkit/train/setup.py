@@ -1,0 +1,201 @@
+"""Everything the loop needs before its first step: device, models, data, teachers, optimizer, sampler.
+
+Kept out of ``loop.py`` so that the loop itself reads top to bottom.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from opdkit.data import Example
+from opdkit.eval import TaskSource, resolve_examples
+from opdkit.rewards import verify_batch
+from opdkit.rollout import SamplingParams, encode_chats, sample
+from opdkit.teachers.base import TEACHERS
+from opdkit.train.config import TrainConfig
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass(frozen=True)
+class Models:
+    """The student and its tokenizer, and the path of a warm-started teacher when there is one."""
+
+    student: torch.nn.Module
+    tokenizer: Any
+    student_path: str
+    teacher_path: str | None
+
+
+def load_models(cfg: TrainConfig, device: torch.device) -> Models:
+    """Load the student (``model.student``), warm-starting the tiny pair first when it is 'tiny'."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    student_path, teacher_path = cfg.model.student, None
+    if student_path == "tiny":
+        from opdkit.train.warmstart import warm_start_from_config
+
+        pair = warm_start_from_config(cfg)
+        student_path, teacher_path = str(pair.student_path), str(pair.teacher_path)
+    model = AutoModelForCausalLM.from_pretrained(student_path, dtype=getattr(torch, cfg.model.dtype)).to(
+        device
+    )
+    tokenizer = AutoTokenizer.from_pretrained(student_path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.train()
+    return Models(model, tokenizer, student_path, teacher_path)
+
+
+def task_source(cfg: TrainConfig) -> TaskSource:
+    t = cfg.data.task
+    return TaskSource(t.name, t.style, t.difficulty, t.train_size, t.eval_size, seed=cfg.seed)
+
+
+@dataclass(frozen=True)
+class Data:
+    train: list[Example]
+    eval: list[Example]
+    train_prompt_ids: list[list[int]]
+
+
+def load_data(cfg: TrainConfig, tokenizer: Any, chat_kwargs: dict) -> Data:
+    """Training and held-out examples; prompts are tokenized once and checked against the length limit."""
+    train = resolve_examples(cfg.data.train, "train", task_source(cfg))
+    held_out = resolve_examples(cfg.data.eval, "eval", task_source(cfg)) if cfg.data.eval else []
+    if cfg.eval.num_problems:
+        held_out = held_out[: cfg.eval.num_problems]
+    prompt_ids = encode_chats(tokenizer, [ex.prompt for ex in train], **chat_kwargs)
+    for ex, ids in zip(train, prompt_ids):
+        if len(ids) > cfg.data.max_prompt_tokens:
+            raise ValueError(
+                f"training example {ex.problem_id}: prompt has {len(ids)} tokens, over "
+                f"data.max_prompt_tokens={cfg.data.max_prompt_tokens}"
+            )
+    return Data(train=train, eval=held_out, train_prompt_ids=prompt_ids)
+
+
+def _local_options(t: Any, models: Models, device: torch.device, temperature: float) -> dict[str, Any]:
+    path = t.path
+    if path in ("", "tiny"):
+        if models.teacher_path is None:
+            raise ValueError(
+                "teacher.kind=local needs teacher.path (or model.student=tiny for the tiny teacher)"
+            )
+        path = models.teacher_path
+    return {"path": path, "device": str(device), "temperature": temperature}
+
+
+def _server_options(t: Any, models: Models, device: torch.device, temperature: float) -> dict[str, Any]:
+    if not t.url:
+        raise ValueError("teacher.kind=server needs teacher.url")
+    return {
+        "url": t.url, "model": t.model or None, "api_key": t.api_key or None, "timeout_s": t.timeout_s,
+        "max_retries": t.max_retries, "max_concurrency": t.concurrency,
+        "rows_per_request": t.rows_per_request,
+        "temperature": temperature,
+    }  # fmt: skip
+
+
+# teacher.kind -> the factory's keyword options, from the ``teacher`` config section
+_TEACHER_OPTIONS = {"local": _local_options, "server": _server_options}
+
+
+def make_external_teacher(cfg: TrainConfig, models: Models, device: torch.device, temperature: float) -> Any:
+    """The ``teacher.kind`` teacher; its tokenizer must equal the student's (ids are sent as they are)."""
+    if cfg.teacher.kind == "none":
+        raise ValueError(
+            f"method {cfg.method.name} needs an external teacher: set teacher.kind=local or server"
+        )
+    import opdkit.teachers.local
+    import opdkit.teachers.server  # noqa: F401  (register the kinds)
+
+    t = cfg.teacher
+    temperature = temperature if t.temperature is None else t.temperature
+    teacher = TEACHERS.get(t.kind)(**_TEACHER_OPTIONS[t.kind](t, models, device, temperature))
+    teacher.check_tokenizer(models.tokenizer)
+    return teacher
+
+
+def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW and a linear-warm-up-then-constant schedule (§10)."""
+    o = cfg.optim
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=o.lr,
+        betas=tuple(o.betas),
+        weight_decay=o.weight_decay,
+    )
+    warmup = max(0, o.warmup_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda i: min(1.0, (i + 1) / warmup) if warmup else 1.0
+    )
+    return optimizer, scheduler
+
+
+class PromptSampler:
+    """Draws questions without replacement, reshuffling (seeded) at each epoch; its state is two ints."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        if size == 0:
+            raise ValueError("the training set is empty")
+        self.size, self.seed = size, seed
+        self.epoch, self.pos = 0, 0
+
+    def _order(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(self.size, generator=g).tolist()
+
+    def next(self, count: int) -> list[int]:
+        out: list[int] = []
+        order = self._order()
+        while len(out) < count:
+            if self.pos == self.size:
+                self.epoch, self.pos = self.epoch + 1, 0
+                order = self._order()
+            out.append(order[self.pos])
+            self.pos += 1
+        return out
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+
+
+def offline_pass_rates(
+    student: torch.nn.Module, tokenizer: Any, data: Data, params: SamplingParams, seed: int
+) -> torch.Tensor:
+    """Pass rate of the current student on every training question (PACED's p0, §7.3) -> (D,) float32."""
+    from opdkit.eval.evaluate import VerifierCache
+
+    verifiers, rates, chunk = VerifierCache(), [], 32
+    for start in range(0, len(data.train), chunk):
+        exs = data.train[start : start + chunk]
+        rollout = sample(
+            student, tokenizer, data.train_prompt_ids[start : start + chunk], params, seed=seed + start
+        )
+        for p, ex in enumerate(exs):
+            rows = range(p * params.n, (p + 1) * params.n)
+            verdicts = verify_batch(
+                verifiers.get(ex), [rollout.texts[i] for i in rows], [ex.ground_truth] * params.n,
+                [bool(rollout.truncated_N[i]) for i in rows],
+            )  # fmt: skip
+            rates.append(sum(v.correct for v in verdicts) / params.n)
+    return torch.tensor(rates, dtype=torch.float32)

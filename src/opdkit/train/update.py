@@ -1,0 +1,109 @@
+"""The gradient part of a step: mini-batches (optimizer updates) of micro-batches (forward/backward).
+
+``mini_batches = 1`` is the on-policy setting of every paper's main runs: one optimizer update per step, the
+PPO ratio is exactly 1. With more, the step's *groups* are split evenly (rows of a group stay together, so
+group-level quantities stay whole) and updates 2.. are off-policy, where clipping matters (§2.2).
+
+Each mini-batch's loss denominators are computed from the whole mini-batch first, so summing the micro-batch
+losses equals the loss of the whole mini-batch (``core.losses.aggregate(global_denominator=...)``). A
+non-finite loss or gradient norm skips that update: gradients are dropped, the optimizer, scheduler and EMA
+teacher are untouched, and the skip is counted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from opdkit.core.groups import group_index
+from opdkit.train.batch import Prepared, StepBatch
+from opdkit.train.methods.base import Method, MethodContext
+
+
+@dataclass
+class UpdateStats:
+    """Per-step results of the updates: loss parts averaged over updates, counts of what happened."""
+
+    values: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    updates: int = 0
+    nonfinite_skips: int = 0
+
+    def as_metrics(self) -> dict[str, float]:
+        out = {
+            f"loss/{k}" if k != "grad_norm" else "grad/norm": sum(v) / len(v) for k, v in self.values.items()
+        }
+        out["train/updates"] = float(self.updates)
+        out["train/nonfinite_skips"] = float(self.nonfinite_skips)
+        return out
+
+
+def mini_batch_rows(batch: StepBatch, count: int) -> list[torch.Tensor]:
+    """Row indices of ``count`` mini-batches made of whole groups, in batch order."""
+    if count <= 1:
+        return [torch.arange(batch.n)]
+    idx = group_index(batch.group_ids_N)
+    group_chunks = torch.arange(idx.num_groups).tensor_split(count)
+    rows = []
+    for groups in group_chunks:
+        member = torch.isin(idx.inverse_N, groups)
+        if member.any():
+            rows.append(member.nonzero().squeeze(-1))
+    return rows
+
+
+def _micro_rows(n: int, size: int) -> list[torch.Tensor]:
+    return list(torch.arange(n).split(size or n))
+
+
+@dataclass(frozen=True)
+class UpdateSettings:
+    mini_batches: int
+    micro_batch_size: int
+    grad_clip: float
+
+
+def run_updates(
+    method: Method,
+    method_cfg: Any,
+    batch: StepBatch,
+    prepared: Prepared,
+    ctx: MethodContext,
+    optim: tuple[torch.optim.Optimizer, Any],
+    settings: UpdateSettings,
+) -> UpdateStats:
+    """All optimizer updates of one step; the EMA self-teacher follows each successful update (§4.6)."""
+    optimizer, scheduler = optim
+    stats = UpdateStats()
+    params = [p for p in ctx.student.parameters() if p.requires_grad]
+    for rows in mini_batch_rows(batch, settings.mini_batches):
+        mini, mini_prep = batch.select(rows), prepared.select(rows)
+        denoms = method.denominators(method_cfg, mini, mini_prep)
+        optimizer.zero_grad(set_to_none=True)
+        total, finite = 0.0, True
+        for micro in _micro_rows(mini.n, settings.micro_batch_size):
+            out = method.loss(method_cfg, mini.select(micro), mini_prep.select(micro), denoms, ctx)
+            if not torch.isfinite(out.loss):
+                finite = False
+                break
+            out.loss.backward()
+            total += float(out.loss.detach())
+            for k, v in out.metrics.items():
+                stats.values[k].append(v)
+        clip = settings.grad_clip if settings.grad_clip > 0 else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip)) if finite else math.nan
+        if not (finite and math.isfinite(grad_norm)):
+            optimizer.zero_grad(set_to_none=True)
+            stats.nonfinite_skips += 1
+            continue
+        optimizer.step()
+        scheduler.step()
+        if ctx.self_teacher is not None:
+            ctx.self_teacher.update(ctx.student)
+        stats.updates += 1
+        stats.values["total"].append(total)
+        stats.values["grad_norm"].append(grad_norm)
+    return stats
