@@ -112,3 +112,23 @@ def test_params_node_parses_command_line_strings_and_rejects_unknown_keys() -> N
         vp.parse_params({"weighting": "sdpo"})
     with pytest.raises(ValueError, match=r"scope_tau: expected a float"):
         vp.parse_params({"scope_tau": "hot"})
+
+
+def test_scope_ablations_set_path_weights_to_one() -> None:
+    # §5.6: use_student_weights=false -> w = 1 on each correct row; use_teacher_weights=false -> 1 on wrong.
+    old = torch.tensor([[-0.1, -0.1], [-1.0, -1.0], [-0.5, -0.5], [-0.2, -0.2]])
+    step = StepBatch(
+        rewards_N=torch.tensor([1.0, 1.0, 0.0, 0.0]),
+        group_ids_N=torch.tensor([0, 0, 0, 0]),
+        mask_N_T=_mask([2, 2, 2, 2], width=2),
+        old_logp_N_T=old,
+        teacher_logp_N_T=old * 3,
+    )
+    params = vp.parse_params({"weighting": "scope", "scope_use_student_weights": "false"})
+    out = scope_step_weights(step, params)
+    assert out.fields_N[vp.FIELD_W_STUDENT].tolist() == [1.0, 1.0, 0.0, 0.0]
+    assert out.fields_N[vp.FIELD_W_TEACHER][2:].tolist() != [1.0, 1.0]  # teacher path still weighted
+    params = vp.parse_params({"weighting": "scope", "scope_use_teacher_weights": False})
+    assert scope_step_weights(step, params).fields_N[vp.FIELD_W_TEACHER].tolist() == [0.0, 0.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="expected true/false"):
+        vp.parse_params({"scope_use_teacher_weights": "maybe"})

@@ -10,7 +10,8 @@ The only place in opdkit that imports verl. Importing this package imports nothi
     trainer.py     trainer opdkit_sync: whole-step weights on the driver     (imports verl, TransferQueue)
     fields.py      those driver-side weights (torch + opdkit.core only)
     params.py      the ``algorithm.opdkit`` parameters and batch field names (no verl, no torch)
-    config_gen.py  ``opdkit verl-config``: opdkit config -> verl launch command (no verl)
+    config_gen.py  ``opdkit verl-config``: opdkit training config -> verl launch command (no verl)
+    config_methods.py  each method's verl overrides, and what verl cannot run (no verl)
 
 Usage and what cannot run on verl 0.9.1 (the SDPO family): docs/verl.md.
 """

@@ -1,343 +1,253 @@
-"""``opdkit verl-config CONFIG.yaml``: the verl launch command (Hydra overrides) for an opdkit run config.
+"""``opdkit verl-config CONFIG [key=value ...]``: the verl launch command for an opdkit training config.
 
-Users never edit verl YAML: the generator maps the sections below to overrides of verl 0.9.1's
-``ppo_trainer`` config and prints ``python -m verl.trainer.main_ppo KEY=VALUE ...``. It only emits text (it
-never imports verl), so it runs in opdkit's own environment. Input is the loaded YAML as a plain nested
-dict; every key is checked and an unknown or missing one raises ``ConfigError`` naming it and the choices.
+Users never edit verl YAML: the generator reads the same config ``opdkit train`` reads (a YAML file or a
+packaged preset such as ``paper/scope``, plus dotted overrides), validates it with opdkit's own loader
+(``opdkit.train.config``; same errors, same defaults), and prints ``python -m verl.trainer.main_ppo`` with
+the Hydra overrides of verl 0.9.1's ``ppo_trainer`` config. It only emits text; verl is never imported.
 
-    method:  {name: scope, tau: 1.0, ...}      one of METHODS, with that method's parameters (METHOD_PARAMS)
-    model:   {path: STUDENT, teacher_path: TEACHER}         teacher for opd, scope, sc_opd
-    data:    {train_files: PARQUET, val_files: PARQUET, max_prompt_length: 2048, max_response_length: 8192}
-    rollout: {n: 8, temperature: 1.0, engine: vllm, tensor_parallel: 1, gpu_memory_utilization: 0.5}
-    train:   {batch_size: 32, mini_batch_size: 32, micro_batch_size_per_gpu: 4, lr: 1e-6, weight_decay: 0.01,
-              grad_clip: 1.0, epochs: 1, total_steps: null}       batch sizes count prompts, as verl's do
-    verl:    {nnodes: 1, n_gpus_per_node: 8, teacher_nnodes: 1, teacher_n_gpus_per_node: 1,
-              teacher_tensor_parallel: 1, project_name: opdkit, experiment_name: null,
-              logger: [console], extra: ["trainer.save_freq=50"]}          cluster layout and pass-through
+What verl needs beyond an opdkit config goes in an extra top-level ``verl:`` section (``VERL_KEYS``: cluster
+layout, rollout engine, the teacher's model path for verl's teacher pool, SC weighting of grpo/opd, raw
+pass-through overrides); it is removed before opdkit validates the rest.
 
-Other top-level sections of an opdkit config (``IGNORED_SECTIONS``: evaluation, run directory, ...) have no
-verl counterpart and are skipped. Methods and what they run on verl (docs/verl.md has the details):
+    model.student -> actor_rollout_ref.model.path    data.train / data.eval -> data.train_files / val_files
+    rollout.prompts_per_step, n, temperature, top_p, top_k, max_new_tokens -> data / rollout keys
+    optim.* -> actor_rollout_ref.actor.optim.* and the PPO mini/micro batch sizes
+    steps, seed, checkpoint_every, keep_checkpoints, eval.* -> trainer / data / val_kwargs keys
+    method.* -> config_methods.PLANS (estimators, distillation losses, the opdkit_sync trainer)
 
-    grpo, grpo_no_std   algorithm.adv_estimator=opdkit_grpo (std normalisation on / off)
-    sc_grpo             opdkit_sc_grpo: pass-rate weights on the GRPO advantage
-    opd                 verl's distillation with loss k1 as a policy-gradient reward (ALGORITHMS.md §3.1)
-    scope               trainer opdkit_sync (weighting=scope) + distillation loss opdkit_scope (§5)
-    sc_opd              trainer opdkit_sync (weighting=pass_rate or hard_filter) + opdkit_sc_* loss (§6.2)
-
-SDPO-family methods need a teacher that sees privileged context (a reprompted prompt); verl 0.9.1's teacher
-pool scores the student's own prompt only, so those names raise ``ConfigError`` pointing at ``sc_opd``.
+Keys with no verl counterpart are left out: ``threads``, ``log_every``, ``model.dtype`` and ``device``
+(verl trains in bf16 mixed precision), ``data.task``, ``teacher`` server settings, ``self_teacher``,
+``warmstart``, ``eval.max_new_tokens`` and ``eval.num_problems``. Settings verl cannot honour (a teacher
+temperature other than 1, a log-prob temperature different from the rollout's, no gradient clipping) raise.
 """
 
 from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from opdkit.core.registry import Registry
-from opdkit.core.weights import SCOPE_SIGN_PRESETS
-from opdkit.integrations.verl.params import CONFIG_NODE
+from opdkit.integrations.verl.config_methods import (
+    PLANS,
+    SC_DIVERGENCES,
+    SC_WEIGHTINGS,
+    UNSUPPORTED,
+    ConfigError,
+)
 
-IGNORED_SECTIONS = frozenset({"eval", "evaluation", "run", "run_dir", "output", "logging", "seed", "device"})
-UNSUPPORTED = frozenset({"sdpo", "sc_sdpo", "sdpo_paced", "sdpo_hard_filter", "srpo"})
+__all__ = ["VERL_KEYS", "ConfigError", "VerlCommand", "format_value", "verl_command", "verl_overrides"]
 
-SECTION_KEYS: dict[str, dict[str, Any]] = {
-    "model": {"path": None, "teacher_path": None},
-    "data": {"train_files": None, "val_files": None, "max_prompt_length": 2048, "max_response_length": 2048},
-    "rollout": {
-        "n": 8, "temperature": None, "engine": "vllm", "tensor_parallel": 1, "gpu_memory_utilization": 0.5,
-    },
-    "train": {
-        "batch_size": 32, "mini_batch_size": None, "micro_batch_size_per_gpu": 4, "lr": 1e-6,
-        "weight_decay": 0.01, "grad_clip": 1.0, "epochs": 1, "total_steps": None,
-    },
-    "verl": {
-        "nnodes": 1, "n_gpus_per_node": 8, "teacher_nnodes": 1, "teacher_n_gpus_per_node": 1,
-        "teacher_tensor_parallel": 1, "project_name": "opdkit", "experiment_name": None,
-        "logger": ["console"], "extra": [],
-    },
-}  # fmt: skip
+VERL_KEYS: dict[str, Any] = {
+    "nnodes": 1,  # trainer.nnodes: nodes of the student (actor + rollout) pool
+    "n_gpus_per_node": 8,  # trainer.n_gpus_per_node
+    "engine": "vllm",  # rollout engine: vllm | sglang
+    "tensor_parallel": 1,  # rollout tensor parallel size
+    "gpu_memory_utilization": 0.5,  # rollout KV-cache share of each GPU
+    "max_token_len_per_gpu": 0,  # token budget of dynamic micro-batches (optim.micro_batch_size: 0); 0 = auto
+    "teacher_path": "",  # the teacher model verl's teacher pool serves ('' = teacher.path / teacher.model)
+    "teacher_nnodes": 1,  # distillation.nnodes
+    "teacher_n_gpus_per_node": 1,  # distillation.n_gpus_per_node
+    "teacher_tensor_parallel": 1,  # teacher tensor parallel size (replicas = pool GPUs / this)
+    "sc_weighting": "none",  # grpo / opd only: none | pass_rate | hard_filter (SC-SDPO's weights, §6)
+    "sc_alpha": 0.5,  # α of (p(1-p))^α
+    "sc_divergence": "k1",  # opd + sc_weighting: k1 (PG reward) | k3 | forward_kl_topk (supervised)
+    "sc_topk": 100,  # top-k of forward_kl_topk
+    "project_name": "opdkit",
+    "experiment_name": "",  # '' = opdkit-<method>
+    "logger": ["console"],
+    "extra": [],  # raw 'key=value' verl overrides, appended last
+}
 ENGINES = ("vllm", "sglang")
+TEACHER_TEMPERATURE = 1.0  # verl's teacher pool scores at temperature 1 (teacher_manager.py)
+TOTAL_EPOCHS = 10_000  # opdkit counts steps: let trainer.total_training_steps end the run, never the epochs
 
 
-class ConfigError(ValueError):
-    """An opdkit config that cannot be mapped to verl; the message names the key and the valid choices."""
-
-
-@dataclass(frozen=True)
 class VerlCommand:
     """The launch command: ``argv`` (python -m verl.trainer.main_ppo ...) and the overrides alone."""
 
-    argv: list[str]
-    overrides: list[str]
+    def __init__(self, overrides: list[str]) -> None:
+        self.overrides = overrides
+        self.argv = ["python", "-m", "verl.trainer.main_ppo", *overrides]
 
     def render(self) -> str:
         """One shell command: the launcher on the first line, then one override per line."""
-        launcher = " ".join(self.argv[: len(self.argv) - len(self.overrides)])
-        return " \\\n    ".join([launcher, *(shlex.quote(item) for item in self.overrides)])
+        return " \\\n    ".join(
+            ["python -m verl.trainer.main_ppo", *(shlex.quote(o) for o in self.overrides)]
+        )
 
 
 @dataclass(frozen=True)
-class MethodSpec:
-    """A method: its parameters with defaults, and the overrides it needs (given the merged parameters)."""
-
-    params: dict[str, Any]
-    build: Callable[[dict[str, Any]], dict[str, Any]]
-    needs_teacher: bool = False
-    rollout_temperature: float = 1.0
+class _Inputs:
+    cfg: Any  # opdkit.train.config.TrainConfig
+    verl: dict[str, Any]
 
 
-METHODS: Registry[MethodSpec] = Registry("verl method")
+def _verl_section(raw: Any) -> dict[str, Any]:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"verl: expected a mapping of keys, got {raw!r}")
+    unknown = sorted(set(raw) - set(VERL_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown key 'verl.{unknown[0]}'; valid keys of verl: {', '.join(VERL_KEYS)}")
+    verl = {**VERL_KEYS, **raw}
+    for key, choices in (
+        ("engine", ENGINES),
+        ("sc_weighting", SC_WEIGHTINGS),
+        ("sc_divergence", SC_DIVERGENCES),
+    ):
+        if verl[key] not in choices:
+            raise ConfigError(f"verl.{key}: unknown {verl[key]!r}; valid: {', '.join(choices)}")
+    bad = [item for item in verl["extra"] if not isinstance(item, str) or "=" not in item]
+    if bad:
+        raise ConfigError(f"verl.extra: each entry must be a 'key=value' string, got {bad[0]!r}")
+    return verl
 
 
-def _clip(p: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "actor_rollout_ref.actor.clip_ratio_low": p["clip_low"],
-        "actor_rollout_ref.actor.clip_ratio_high": p["clip_high"],
-        "actor_rollout_ref.actor.loss_agg_mode": p["loss_agg_mode"],
-    }
+def _load(raw: Mapping[str, Any], overrides: Sequence[str]) -> _Inputs:
+    """Validate with opdkit's own config loader; the ``verl`` section is split off first."""
+    from opdkit.train.config import config_from_dict
+    from opdkit.train.configio import ConfigError as TrainConfigError
+    from opdkit.train.configio import apply_overrides
 
-
-def _grpo(normalize_std: bool) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    def build(p: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "algorithm.adv_estimator": "opdkit_grpo",
-            "algorithm.norm_adv_by_std_in_grpo": normalize_std,
-            **_clip(p),
-        }
-
-    return build
-
-
-_GRPO_PARAMS = {"clip_low": 0.2, "clip_high": 0.28, "loss_agg_mode": "token-mean"}  # §10.1
-METHODS.add("grpo", MethodSpec(params=dict(_GRPO_PARAMS), build=_grpo(True)))
-METHODS.add("grpo_no_std", MethodSpec(params=dict(_GRPO_PARAMS), build=_grpo(False)))
-
-
-def _opdkit_node(p: dict[str, Any], keys: dict[str, str]) -> dict[str, Any]:
-    """``+algorithm.opdkit.KEY`` overrides (the node is not in verl's config, hence the ``+``)."""
-    return {f"+{CONFIG_NODE}.{node_key}": p[param] for node_key, param in keys.items()}
-
-
-def _sc_grpo(p: dict[str, Any]) -> dict[str, Any]:
-    node = _opdkit_node(p, {"sc_alpha": "alpha", "success_threshold": "success_threshold"})
-    return {
-        "algorithm.adv_estimator": "opdkit_sc_grpo",
-        "algorithm.norm_adv_by_std_in_grpo": True,
-        **node,
-        **_clip(p),
-    }
-
-
-METHODS.add(
-    "sc_grpo", MethodSpec(params={**_GRPO_PARAMS, "alpha": 0.5, "success_threshold": 0.5}, build=_sc_grpo)
-)
-
-
-def _distillation(loss_mode: str, *, policy_gradient: bool, p: dict[str, Any]) -> dict[str, Any]:
-    prefix = "distillation.distillation_loss."
-    return {
-        "distillation.enabled": True,
-        f"{prefix}loss_mode": loss_mode,
-        f"{prefix}use_policy_gradient": policy_gradient,
-        f"{prefix}use_task_rewards": False,
-        f"{prefix}loss_max_clamp": None,
-        f"{prefix}clip_ratio_low": p["clip_low"],
-        f"{prefix}clip_ratio_high": p["clip_high"],
-        "actor_rollout_ref.actor.loss_agg_mode": p["loss_agg_mode"],
-        "algorithm.adv_estimator": "grpo",  # computed by verl but unused: use_task_rewards=false
-    }
-
-
-def _opd(p: dict[str, Any]) -> dict[str, Any]:
-    return _distillation("k1", policy_gradient=True, p=p)  # A = −(logp − logp_T), PPO clip (§3.1)
-
-
-_DISTILL_PARAMS = {"clip_low": 0.2, "clip_high": 0.2, "loss_agg_mode": "token-mean"}  # SCOPE's §10.4
-METHODS.add(
-    "opd", MethodSpec(params=dict(_DISTILL_PARAMS), build=_opd, needs_teacher=True, rollout_temperature=0.6)
-)
-
-
-def _scope(p: dict[str, Any]) -> dict[str, Any]:
-    if p["sign_preset"] is not None:
-        if p["sign_preset"] not in SCOPE_SIGN_PRESETS:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"the config must be a mapping of sections, got {type(raw).__name__}")
+    try:
+        merged = apply_overrides(dict(raw), overrides)
+        verl = _verl_section(merged.pop("verl", None))
+        name = (merged.get("method") or {}).get("name", "grpo")
+        if name in UNSUPPORTED:
             raise ConfigError(
-                f"method.sign_preset: unknown {p['sign_preset']!r}; valid: {', '.join(SCOPE_SIGN_PRESETS)}"
+                f"method.name {name!r} needs a privileged-context (reprompted) self-teacher, which verl "
+                "0.9.1 does not have (its teacher pool scores the student's own prompt); on verl use opd "
+                "with verl.sc_weighting=pass_rate (SC-weighted distillation from an external teacher), or "
+                f"run {name} with `opdkit train` (docs/verl.md)"
             )
-        p = {**p, "student_exponent": SCOPE_SIGN_PRESETS[p["sign_preset"]][0]}
-        p["teacher_exponent"] = SCOPE_SIGN_PRESETS[p["sign_preset"]][1]
-    if p["loss_agg_mode"] != "token-mean":
-        raise ConfigError("method.loss_agg_mode: scope on verl supports token-mean only (ALGORITHMS.md §5.5)")
-    node = _opdkit_node(p, {
-        "scope_tau": "tau", "scope_student_exponent": "student_exponent",
-        "scope_teacher_exponent": "teacher_exponent", "scope_normalization": "normalization",
-        "scope_agg": "agg", "success_threshold": "success_threshold",
-    })  # fmt: skip
-    node[f"+{CONFIG_NODE}.weighting"] = "scope"
-    return {
-        **_distillation("opdkit_scope", policy_gradient=False, p=p),
-        **node,
-        "trainer.v1.trainer_mode": "opdkit_sync",
-    }
+        return _Inputs(cfg=config_from_dict(merged), verl=verl)
+    except TrainConfigError as exc:
+        raise ConfigError(str(exc)) from None
 
 
-_SCOPE_PARAMS = {
-    **_DISTILL_PARAMS, "tau": 1.0, "student_exponent": 1.0, "teacher_exponent": -1.0, "sign_preset": None,
-    "normalization": "mean1", "agg": "code", "success_threshold": 0.5,
-}  # fmt: skip
-METHODS.add(
-    "scope", MethodSpec(params=_SCOPE_PARAMS, build=_scope, needs_teacher=True, rollout_temperature=0.6)
-)
-
-#: sc_opd divergence -> (verl loss mode, as a policy-gradient reward?) — k1 as a reward is OPD (§3.1);
-#: k3 and the top-k forward KL are supervised losses (verl's recommendation for them).
-SC_DIVERGENCES = {
-    "k1": ("opdkit_sc_k1", True),
-    "k3": ("opdkit_sc_k3", False),
-    "forward_kl_topk": ("opdkit_sc_forward_kl_topk", False),
-}
+def _is_parquet(path: str) -> bool:
+    return path.endswith(".parquet")
 
 
-def _sc_opd(p: dict[str, Any]) -> dict[str, Any]:
-    if p["divergence"] not in SC_DIVERGENCES:
+def _data(cfg: Any) -> dict[str, Any]:
+    """Data files (verl's RL parquet layout), lengths and validation."""
+    if not _is_parquet(cfg.data.train):
         raise ConfigError(
-            f"method.divergence: unknown {p['divergence']!r}; valid: {', '.join(SC_DIVERGENCES)}"
+            "data.train: verl reads a parquet file in its RL layout (data_source, prompt, reward_model, "
+            f"...), got {cfg.data.train!r}; see docs/verl.md"
         )
-    loss_mode, policy_gradient = SC_DIVERGENCES[p["divergence"]]
-    weighting = "hard_filter" if p["hard_filter"] else "pass_rate"
-    node = _opdkit_node(p, {"sc_alpha": "alpha", "success_threshold": "success_threshold"})
-    node[f"+{CONFIG_NODE}.weighting"] = weighting
-    out = {**_distillation(loss_mode, policy_gradient=policy_gradient, p=p), **node}
-    if p["divergence"] == "forward_kl_topk":
-        out["distillation.distillation_loss.topk"] = p["topk"]
-    return {**out, "trainer.v1.trainer_mode": "opdkit_sync"}
-
-
-_SC_OPD_PARAMS = {
-    **_DISTILL_PARAMS, "alpha": 0.5, "hard_filter": False, "divergence": "k1", "topk": 100,
-    "success_threshold": 0.5,
-}  # fmt: skip
-METHODS.add("sc_opd", MethodSpec(params=_SC_OPD_PARAMS, build=_sc_opd, needs_teacher=True))
-
-
-# ------------------------------------------------------------------------------------- validation
-
-
-def _section(cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
-    """A section merged over its defaults; unknown keys raise naming ``section.key`` and the valid keys."""
-    given = cfg.get(name) or {}
-    if not isinstance(given, Mapping):
-        raise ConfigError(f"{name}: expected a mapping of keys, got {type(given).__name__}")
-    valid = SECTION_KEYS[name]
-    unknown = sorted(set(given) - set(valid))
-    if unknown:
-        raise ConfigError(f"unknown key {name}.{unknown[0]}; valid keys of {name}: {', '.join(valid)}")
-    return {**valid, **given}
-
-
-def _method(cfg: Mapping[str, Any]) -> tuple[str, MethodSpec, dict[str, Any]]:
-    given = cfg.get("method")
-    if isinstance(given, str):
-        given = {"name": given}
-    if not isinstance(given, Mapping) or "name" not in given:
-        raise ConfigError(f"method.name is required; valid: {', '.join(METHODS.names())}")
-    name = str(given["name"])
-    if name in UNSUPPORTED:
-        raise ConfigError(
-            f"method.name {name!r} needs a privileged-context (reprompted) self-teacher, which verl 0.9.1 "
-            "does not have (its teacher pool scores the student's own prompt); use sc_opd for SC-weighted "
-            "distillation from an external teacher, or run it with `opdkit train` (see docs/verl.md)"
-        )
-    if name not in METHODS:
-        raise ConfigError(f"method.name: unknown {name!r}; valid: {', '.join(METHODS.names())}")
-    spec = METHODS.get(name)
-    params = {k: v for k, v in given.items() if k != "name"}
-    unknown = sorted(set(params) - set(spec.params))
-    if unknown:
-        raise ConfigError(f"unknown key method.{unknown[0]} for {name}; valid: {', '.join(spec.params)}")
-    return name, spec, {**spec.params, **params}
-
-
-def _require(value: Any, key: str, why: str = "") -> Any:
-    if value in (None, "", []):
-        raise ConfigError(f"{key} is required{why}")
-    return value
-
-
-def _check_known_sections(cfg: Mapping[str, Any]) -> None:
-    known = {"method", *SECTION_KEYS}
-    unknown = sorted(set(cfg) - known - IGNORED_SECTIONS)
-    if unknown:
-        raise ConfigError(
-            f"unknown section {unknown[0]!r}; valid: {', '.join(sorted(known))} "
-            f"(skipped: {', '.join(sorted(IGNORED_SECTIONS))})"
-        )
-
-
-# ---------------------------------------------------------------------------------------- mapping
-
-
-def _files(value: Any) -> Any:
-    return list(value) if isinstance(value, list | tuple) else value
-
-
-def _common(cfg: Mapping[str, Any], spec: MethodSpec, name: str) -> dict[str, Any]:
-    """Overrides every method shares: model, data, rollout, batch sizes, optimiser, cluster, logging."""
-    model, data, rollout = _section(cfg, "model"), _section(cfg, "data"), _section(cfg, "rollout")
-    train, cluster = _section(cfg, "train"), _section(cfg, "verl")
-    if rollout["engine"] not in ENGINES:
-        raise ConfigError(f"rollout.engine: unknown {rollout['engine']!r}; valid: {', '.join(ENGINES)}")
-    train_files = _files(_require(data["train_files"], "data.train_files"))
-    mini = train["mini_batch_size"] or train["batch_size"]  # one update per step unless told otherwise
-    micro = train["micro_batch_size_per_gpu"]
+    validate = _is_parquet(cfg.data.eval)  # a benchmark name or the synthetic task has no verl file
     out = {
-        "actor_rollout_ref.model.path": _require(model["path"], "model.path"),
-        "data.train_files": train_files,
-        "data.val_files": _files(data["val_files"]) or train_files,
-        "data.train_batch_size": train["batch_size"],
-        "data.max_prompt_length": data["max_prompt_length"],
-        "data.max_response_length": data["max_response_length"],
-        "actor_rollout_ref.rollout.name": rollout["engine"],
-        "actor_rollout_ref.rollout.n": rollout["n"],
-        "actor_rollout_ref.rollout.temperature": rollout["temperature"] or spec.rollout_temperature,
-        "actor_rollout_ref.rollout.tensor_model_parallel_size": rollout["tensor_parallel"],
-        "actor_rollout_ref.rollout.gpu_memory_utilization": rollout["gpu_memory_utilization"],
-        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu": micro,
-        "actor_rollout_ref.actor.ppo_mini_batch_size": mini,
-        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu": micro,
-        "actor_rollout_ref.actor.optim.lr": train["lr"],
-        "actor_rollout_ref.actor.optim.weight_decay": train["weight_decay"],
-        "actor_rollout_ref.actor.grad_clip": train["grad_clip"],
-        "actor_rollout_ref.actor.use_kl_loss": False,  # every seed experiment: KL coefficient 0 (§2.4)
-        "actor_rollout_ref.actor.entropy_coeff": 0,
-        "algorithm.use_kl_in_reward": False,
-        "trainer.total_epochs": train["epochs"],
-        "trainer.nnodes": cluster["nnodes"],
-        "trainer.n_gpus_per_node": cluster["n_gpus_per_node"],
-        "trainer.project_name": cluster["project_name"],
-        "trainer.experiment_name": cluster["experiment_name"] or f"opdkit-{name}",
-        "trainer.logger": list(cluster["logger"]),
-        "trainer.v1.trainer_mode": "sync",
+        "data.train_files": cfg.data.train,
+        "data.val_files": cfg.data.eval if validate else cfg.data.train,
+        "data.train_batch_size": cfg.rollout.prompts_per_step,
+        "data.max_prompt_length": cfg.data.max_prompt_tokens,
+        "data.max_response_length": cfg.rollout.max_new_tokens,
+        "data.seed": cfg.seed,
+        "trainer.val_before_train": validate and cfg.eval.at_start,
+        "trainer.test_freq": (cfg.eval.every or cfg.steps) if validate else -1,
     }
-    if train["total_steps"] is not None:
-        out["trainer.total_training_steps"] = train["total_steps"]
-    if data["val_files"] is None:  # no validation set: do not validate on the training files
-        out.update({"trainer.val_before_train": False, "trainer.test_freq": -1})
-    if spec.needs_teacher:
-        out.update(_teacher(model, cluster, name))
+    if cfg.model.chat_template_kwargs:
+        out["data.apply_chat_template_kwargs"] = dict(cfg.model.chat_template_kwargs)
     return out
 
 
-def _teacher(model: dict[str, Any], cluster: dict[str, Any], name: str) -> dict[str, Any]:
-    teacher = "distillation.teacher_models.teacher_model."
+def _rollout(cfg: Any, verl: dict[str, Any]) -> dict[str, Any]:
+    rollout, prefix = cfg.rollout, "actor_rollout_ref.rollout."
+    if rollout.logprob_temperature is not None and rollout.logprob_temperature != rollout.temperature:
+        raise ConfigError("rollout.logprob_temperature: verl scores the student at the rollout temperature")
     return {
-        f"{teacher}model_path": _require(model["teacher_path"], "model.teacher_path", f" for method {name}"),
-        f"{teacher}inference.tensor_model_parallel_size": cluster["teacher_tensor_parallel"],
-        "distillation.nnodes": cluster["teacher_nnodes"],
-        "distillation.n_gpus_per_node": cluster["teacher_n_gpus_per_node"],
+        f"{prefix}name": verl["engine"],
+        f"{prefix}n": rollout.n,
+        f"{prefix}temperature": rollout.temperature,
+        f"{prefix}top_p": rollout.top_p,
+        f"{prefix}top_k": rollout.top_k or -1,  # opdkit 0 = off, verl -1 = off
+        f"{prefix}tensor_model_parallel_size": verl["tensor_parallel"],
+        f"{prefix}gpu_memory_utilization": verl["gpu_memory_utilization"],
+        f"{prefix}val_kwargs.n": cfg.eval.k,
+        f"{prefix}val_kwargs.temperature": cfg.eval.temperature,
+        f"{prefix}val_kwargs.top_p": cfg.eval.top_p,
+        f"{prefix}val_kwargs.do_sample": True,
+    }
+
+
+def _optim(cfg: Any, verl: dict[str, Any]) -> dict[str, Any]:
+    """Optimizer and batch sizes: opdkit's mini_batches splits a step's prompts into PPO mini-batches."""
+    optim, actor = cfg.optim, "actor_rollout_ref.actor."
+    if cfg.rollout.prompts_per_step % optim.mini_batches:
+        raise ConfigError(
+            f"optim.mini_batches={optim.mini_batches} must divide rollout.prompts_per_step="
+            f"{cfg.rollout.prompts_per_step} (verl's PPO mini-batches count whole prompts)"
+        )
+    if optim.grad_clip <= 0:
+        raise ConfigError("optim.grad_clip: verl always clips the gradient norm; give a positive value")
+    out = {
+        f"{actor}ppo_mini_batch_size": cfg.rollout.prompts_per_step // optim.mini_batches,
+        f"{actor}optim.lr": optim.lr,
+        f"{actor}optim.weight_decay": optim.weight_decay,
+        f"{actor}optim.betas": list(optim.betas),
+        f"{actor}optim.clip_grad": optim.grad_clip,
+        f"{actor}use_kl_loss": False,  # every seed experiment: KL coefficient 0 (§2.4)
+        f"{actor}entropy_coeff": 0,
+        "algorithm.use_kl_in_reward": False,
+    }
+    if optim.warmup_steps:
+        out[f"{actor}optim.lr_warmup_steps"] = optim.warmup_steps
+    if optim.micro_batch_size:
+        out[f"{actor}ppo_micro_batch_size_per_gpu"] = optim.micro_batch_size
+        out["actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu"] = optim.micro_batch_size
+        return out
+    # 0 = "the whole mini-batch at once": on GPUs, token-budgeted micro-batches (the loss is the same,
+    # verl normalises by the mini-batch's global token count).
+    budget = verl["max_token_len_per_gpu"] or max(
+        16384, cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
+    )
+    out.update({
+        f"{actor}use_dynamic_bsz": True,
+        f"{actor}ppo_max_token_len_per_gpu": budget,
+        "actor_rollout_ref.rollout.log_prob_use_dynamic_bsz": True,
+        "actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu": budget,
+    })  # fmt: skip
+    return out
+
+
+def _trainer(cfg: Any, verl: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "trainer.total_training_steps": cfg.steps,
+        "trainer.total_epochs": TOTAL_EPOCHS,
+        "trainer.save_freq": cfg.checkpoint_every or cfg.steps,  # opdkit 0 = only at the end
+        "trainer.max_actor_ckpt_to_keep": cfg.keep_checkpoints,
+        "trainer.nnodes": verl["nnodes"],
+        "trainer.n_gpus_per_node": verl["n_gpus_per_node"],
+        "trainer.project_name": verl["project_name"],
+        "trainer.experiment_name": verl["experiment_name"] or f"opdkit-{cfg.method.name}",
+        "trainer.logger": list(verl["logger"]),
+        "trainer.v1.trainer_mode": "sync",
+    }
+
+
+def _teacher(cfg: Any, verl: dict[str, Any]) -> dict[str, Any]:
+    """verl's teacher pool serves the teacher itself: it needs the model, not a server URL."""
+    teacher = cfg.teacher
+    path = verl["teacher_path"] or (teacher.path if teacher.kind == "local" else teacher.model)
+    if not path or path == "tiny":
+        raise ConfigError(
+            f"method {cfg.method.name} needs a teacher model for verl's teacher pool: set verl.teacher_path "
+            "(or teacher.path for kind local, teacher.model for kind server)"
+        )
+    if teacher.temperature is not None and teacher.temperature != TEACHER_TEMPERATURE:
+        raise ConfigError("teacher.temperature: verl's teacher pool scores at temperature 1.0")
+    prefix = "distillation.teacher_models.teacher_model."
+    return {
+        f"{prefix}model_path": path,
+        f"{prefix}inference.tensor_model_parallel_size": verl["teacher_tensor_parallel"],
+        "distillation.nnodes": verl["teacher_nnodes"],
+        "distillation.n_gpus_per_node": verl["teacher_n_gpus_per_node"],
     }
 
 
@@ -347,33 +257,39 @@ _HYDRA_PLAIN = re.compile(r"[A-Za-z0-9_./:@+\-]+")
 
 
 def format_value(value: Any) -> str:
-    """A Python value in Hydra override syntax: true/false, null, [a,b], numbers, quoted-if-needed strings."""
+    """A Python value in Hydra override syntax: true/false, null, [a,b], {k:v}, numbers, quoted strings."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if value is None:
         return "null"
     if isinstance(value, list | tuple):
         return "[" + ",".join(format_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{k}:{format_value(v)}" for k, v in value.items()) + "}"
     if isinstance(value, str) and not _HYDRA_PLAIN.fullmatch(value):
         return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
     return str(value)
 
 
-def verl_overrides(cfg: Mapping[str, Any]) -> list[str]:
-    """The Hydra overrides (``key=value``) that run ``cfg`` on verl 0.9.1's ``ppo_trainer`` config."""
-    if not isinstance(cfg, Mapping):
-        raise ConfigError(f"the config must be a mapping of sections, got {type(cfg).__name__}")
-    _check_known_sections(cfg)
-    name, spec, params = _method(cfg)
-    merged = {**_common(cfg, spec, name), **spec.build(params)}
-    extra = _section(cfg, "verl")["extra"]
-    bad = [item for item in extra if not isinstance(item, str) or "=" not in item]
-    if bad:
-        raise ConfigError(f"verl.extra: each entry must be a 'key=value' string, got {bad[0]!r}")
-    return [f"{key}={format_value(value)}" for key, value in merged.items()] + list(extra)
+def verl_overrides(raw: Mapping[str, Any], overrides: Sequence[str] = ()) -> list[str]:
+    """The Hydra overrides (``key=value``) that run the opdkit config ``raw`` (+ dotted ``overrides``) on
+    verl 0.9.1."""
+    inputs = _load(raw, overrides)
+    cfg, verl = inputs.cfg, inputs.verl
+    if cfg.method.name not in PLANS:
+        raise ConfigError(
+            f"method.name {cfg.method.name!r} has no verl mapping; valid: {', '.join(PLANS.names())}"
+        )
+    plan = PLANS.get(cfg.method.name)(cfg.method, verl)
+    merged = {"actor_rollout_ref.model.path": cfg.model.student}
+    for part in (_data(cfg), _rollout(cfg, verl), _optim(cfg, verl), _trainer(cfg, verl)):
+        merged.update(part)
+    if plan.needs_teacher:
+        merged.update(_teacher(cfg, verl))
+    merged.update(plan.overrides)
+    return [f"{key}={format_value(value)}" for key, value in merged.items()] + list(verl["extra"])
 
 
-def verl_command(cfg: Mapping[str, Any]) -> VerlCommand:
-    """``python -m verl.trainer.main_ppo`` with ``verl_overrides(cfg)``."""
-    overrides = verl_overrides(cfg)
-    return VerlCommand(argv=["python", "-m", "verl.trainer.main_ppo", *overrides], overrides=overrides)
+def verl_command(raw: Mapping[str, Any], overrides: Sequence[str] = ()) -> VerlCommand:
+    """``python -m verl.trainer.main_ppo`` with ``verl_overrides(raw, overrides)``."""
+    return VerlCommand(verl_overrides(raw, overrides))

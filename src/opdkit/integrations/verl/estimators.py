@@ -6,7 +6,8 @@
   ``algorithm.norm_adv_by_std_in_grpo=False`` gives GRPO without std normalisation.
 - ``opdkit_sc_grpo``: the GRPO advantage times the SC pass-rate weight of its question,
   A'_i = w_q(i)·A_i with w_q = (p_q(1-p_q))^α normalised to mean 1 over the informative questions of the
-  whole step batch (§6.1-§6.2; α = ``algorithm.opdkit.sc_alpha``). verl calls estimators once per step on
+  whole step batch (§6.1-§6.2; α = ``algorithm.opdkit.sc_alpha``; ``algorithm.opdkit.weighting=hard_filter``
+  uses 1[0 < p < 1] instead, §6.4). verl calls estimators once per step on
   the driver with every sequence of the step, so the normalisation is never per micro-batch.
 
 How verl calls them (``verl.trainer.ppo.ray_trainer.compute_advantage``, used by the V1 trainer)::
@@ -18,6 +19,7 @@ How verl calls them (``verl.trainer.ppo.ray_trainer.compute_advantage``, used by
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -25,7 +27,7 @@ import torch
 from verl.trainer.ppo.core_algos import register_adv_est
 
 from opdkit.core.advantages import grpo_advantages
-from opdkit.integrations.verl.fields import StepBatch, group_ids_from_uids, pass_rate_step_weights
+from opdkit.integrations.verl.fields import StepBatch, group_ids_from_uids, step_weights
 from opdkit.integrations.verl.params import FIELD_Q_WEIGHT, parse_params
 
 GRPO_EPS = 1e-6  # verl's default ``epsilon`` of compute_grpo_outcome_advantage
@@ -67,11 +69,13 @@ def compute_opdkit_sc_grpo_advantage(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SC-weighted GRPO advantage w_q(i)·A_i (N, T); see the module docstring."""
     params = parse_params(_config_get(config, "opdkit", None))
+    if params.weighting not in ("pass_rate", "hard_filter"):  # the estimator's own weighting: pass rates
+        params = replace(params, weighting="pass_rate")
     with torch.no_grad():
         step = StepBatch(
             rewards_N=token_level_rewards.sum(dim=-1),
             group_ids_N=group_ids_from_uids(index),
             mask_N_T=response_mask,
         )
-        w_N = pass_rate_step_weights(step, params).fields_N[FIELD_Q_WEIGHT]
+        w_N = step_weights(step, params).fields_N[FIELD_Q_WEIGHT]
         return _broadcast(w_N * _grpo_N(token_level_rewards, index, config), response_mask)

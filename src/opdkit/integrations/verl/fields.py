@@ -145,18 +145,23 @@ def scope_step_weights(step: StepBatch, params: OpdkitVerlParams) -> StepWeights
         teacher_exponent=params.scope_teacher_exponent,
         normalization=params.scope_normalization,
     )
+    student_N, teacher_N = weights.student_N, weights.teacher_N
+    if not params.scope_use_student_weights:  # §5.6 ablation: MLE path on, unweighted
+        student_N = correct_N.to(torch.float32)
+    if not params.scope_use_teacher_weights:
+        teacher_N = (~correct_N).to(torch.float32)
     scale = scope_mle_scale(step.mask_N_T, correct_N, params.scope_agg)
     n = correct_N.numel()
     fields = {
-        FIELD_W_STUDENT: weights.student_N,
-        FIELD_W_TEACHER: weights.teacher_N,
+        FIELD_W_STUDENT: student_N,
+        FIELD_W_TEACHER: teacher_N,
         FIELD_CORRECT: correct_N.to(torch.float32),
         FIELD_MLE_SCALE: torch.full((n,), scale, dtype=torch.float32),
     }
     metrics = {
         "opdkit/scope_correct_fraction": float(correct_N.float().mean()),
-        "opdkit/scope_student_weight_max": float(weights.student_N.max()),
-        "opdkit/scope_teacher_weight_max": float(weights.teacher_N.max()),
+        "opdkit/scope_student_weight_max": float(student_N.max()),
+        "opdkit/scope_teacher_weight_max": float(teacher_N.max()),
         "opdkit/scope_mle_scale": scale,
     }
     return StepWeights(fields_N=fields, metrics=metrics)

@@ -18,6 +18,8 @@ Keys of ``algorithm.opdkit`` (all optional, defaults below):
     scope_teacher_exponent  -1.0   w_tea ∝ PPL_T^(exponent/τ); -1 = paper
     scope_normalization     mean1  mean1 | sum1 (§5.4)
     scope_agg               code   code | joint (§5.5)
+    scope_use_student_weights  true   false: weight 1 on every correct rollout (§5.6 ablation)
+    scope_use_teacher_weights  true   false: weight 1 on every wrong rollout (§5.6 ablation)
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ class OpdkitVerlParams:
     scope_teacher_exponent: float = -1.0
     scope_normalization: str = "mean1"
     scope_agg: str = "code"
+    scope_use_student_weights: bool = True
+    scope_use_teacher_weights: bool = True
 
     def __post_init__(self) -> None:
         _check_choice("weighting", self.weighting, WEIGHTINGS)
@@ -84,11 +88,23 @@ def parse_params(node: Mapping[str, Any] | None) -> OpdkitVerlParams:
     if unknown:
         named = ", ".join(f"{CONFIG_NODE}.{k}" for k in unknown)
         raise KeyError(f"unknown key(s) {named}; valid: {', '.join(_KEYS)}")
-    values: dict[str, Any] = {}
-    for key in node:
-        kind = str if _KEYS[key].type in ("str", str) else float
-        try:
-            values[key] = kind(node[key])
-        except (TypeError, ValueError):
-            raise ValueError(f"{CONFIG_NODE}.{key}: expected a {kind.__name__}, got {node[key]!r}") from None
+    values = {key: _convert(key, node[key]) for key in node}
     return OpdkitVerlParams(**values)
+
+
+_BOOLS = {"true": True, "false": False}
+
+
+def _convert(key: str, value: Any) -> Any:
+    kind = str(_KEYS[key].type)
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in _BOOLS:
+            return _BOOLS[str(value).lower()]
+        raise ValueError(f"{CONFIG_NODE}.{key}: expected true/false, got {value!r}")
+    convert = str if kind == "str" else float
+    try:
+        return convert(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{CONFIG_NODE}.{key}: expected a {convert.__name__}, got {value!r}") from None
