@@ -12,7 +12,7 @@ from verl.trainer.ppo.core_algos import get_adv_estimator_fn
 from verl.trainer.ppo.utils import need_critic, need_reference_policy
 from verl.trainer.ppo.v1 import get_trainer_cls
 from verl.utils.config import omega_conf_to_dataclass, validate_config
-from verl_testkit import composed_config
+from verl_testkit import composed_config, verl_plugin  # noqa: F401  (a fixture)
 
 from opdkit.integrations.verl.config_gen import verl_command
 from opdkit.integrations.verl.params import parse_params

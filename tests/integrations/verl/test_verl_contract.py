@@ -18,12 +18,13 @@ pytest.importorskip("verl")
 from verl import DataProto
 from verl.trainer.distillation.losses import distillation_ppo_loss
 from verl.trainer.ppo.v1.utils import compute_advantage_for_multi_trajectories
-from verl_testkit import (
+from verl_testkit import (  # noqa: F401  (verl_plugin is a fixture)
     actor_and_distillation_configs,
     broadcast_N_T,
     composed_config,
     packed_batch,
     random_step_values,
+    verl_plugin,
 )
 
 from opdkit.core.divergences import kl_estimate

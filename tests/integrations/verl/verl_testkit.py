@@ -1,7 +1,8 @@
 """Test kit for the verl plugin tests: verl's composed configs and packed micro-batches as its engine
 builds them.
 
-verl is imported inside the helpers only: in opdkit's main environment (no verl) the test modules skip with
+Not a conftest.py: other test directories import their own ``conftest`` by name. verl is imported inside
+the helpers only: in opdkit's main environment (no verl) the test modules skip with
 ``pytest.importorskip("verl")`` before calling any of them.
 """
 
@@ -11,6 +12,7 @@ import functools
 import os
 from dataclasses import dataclass
 
+import pytest
 import torch
 
 torch.set_num_threads(1)
@@ -134,3 +136,15 @@ def packed_batch(
 def broadcast_N_T(values_N: torch.Tensor, width: int) -> torch.Tensor:
     """A per-sequence value repeated over ``width`` token positions -> (N, width)."""
     return values_N.to(torch.float32).unsqueeze(-1).expand(-1, width).clone()
+
+
+@pytest.fixture(scope="session")
+def verl_plugin():
+    """The opdkit plugin, loaded by ``import verl`` through its entry point (fails if it was not)."""
+    import sys
+
+    import verl  # noqa: F401  (entry-point discovery happens here)
+
+    if "opdkit.integrations.verl.plugin" not in sys.modules:
+        pytest.fail("importing verl did not load the opdkit plugin: is opdkit installed (pip install -e .)?")
+    return sys.modules["opdkit.integrations.verl.plugin"]
