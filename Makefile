@@ -13,7 +13,11 @@ export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install test lint layers pytest demo demo-quick clean
+VERL_VENV  ?= .venv-verl
+VERL_BIN   := $(VERL_VENV)/bin
+VERL_STAMP := $(VERL_VENV)/.installed
+
+.PHONY: install test lint layers pytest demo demo-quick clean test-verl
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -42,5 +46,18 @@ demo: $(STAMP)
 demo-quick: $(STAMP)
 	$(BIN)/opdkit demo --quick
 
+# The verl plugin's tests run in their own environment: verl 0.9.1 pins transformers < 5.11 (FACTS.md). Same
+# recipe as .venv: the CPU torch wheel first, then everything under constraints-verl.txt; no verl extras
+# ([vllm] [sglang] [fsdp] [megatron] [cpu] pin another torch and pull CUDA).
+$(VERL_STAMP): pyproject.toml constraints-verl.txt
+	test -x $(VERL_BIN)/python || $(PY) -m venv $(VERL_VENV)
+	$(VERL_BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	$(VERL_BIN)/python -m pip install -q torch==2.13.0 -c constraints-verl.txt
+	$(VERL_BIN)/python -m pip install -q -c constraints-verl.txt -e '.[verl]' pytest typer
+	touch $(VERL_STAMP)
+
+test-verl: $(VERL_STAMP)
+	$(VERL_BIN)/python -m pytest -q -p no:cacheprovider tests/integrations/verl $(PYTEST_ARGS)
+
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VERL_VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

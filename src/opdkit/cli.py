@@ -6,6 +6,7 @@ opdkit plot RUN_DIR [RUN_DIR ...] [--out DIR]
 opdkit demo [--quick]
 opdkit methods
 opdkit serve-teacher --model PATH [--port 8000] [--api-key KEY]
+opdkit verl-config CONFIG.yaml [section.key=value ...]   (the verl launch command; docs/verl.md)
 """
 
 from __future__ import annotations
@@ -186,6 +187,27 @@ def serve_teacher(
             dtype=dtype,
         )
     )
+
+
+@app.command("verl-config")
+def verl_config(
+    config: str = typer.Argument(..., help="YAML config file or packaged preset name (e.g. paper/scope)."),
+    overrides: list[str] = typer.Argument(
+        None, help="Dotted overrides: section.key=value (verl.* included)."
+    ),
+) -> None:
+    """Print the `python -m verl.trainer.main_ppo` command (Hydra overrides) that runs CONFIG on verl."""
+    import yaml
+
+    from opdkit.integrations.verl.config_gen import ConfigError, verl_command
+
+    path = _resolve_config_path(config)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            command = verl_command(yaml.safe_load(handle) or {}, overrides or [])
+    except (ConfigError, yaml.YAMLError) as exc:
+        _fail(f"{path}: {exc}")
+    typer.echo(command.render())
 
 
 def main() -> None:
