@@ -144,6 +144,9 @@ class TrainConfig:
     self_teacher: SelfTeacherOptions = section(SelfTeacherOptions, "self-teacher (SDPO family, SRPO)")
     eval: EvalConfig = section(EvalConfig, "periodic evaluation on held-out problems")
     warmstart: WarmStartConfig = section(WarmStartConfig, "warm start of tiny models")
+    verl: Mapping[str, Any] | None = doc(
+        None, "cluster settings read by 'opdkit verl-config' (see docs/verl.md); ignored by 'opdkit train'"
+    )
 
 
 def config_from_dict(raw: Mapping[str, Any], overrides: Sequence[str] = ()) -> TrainConfig:
