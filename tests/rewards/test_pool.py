@@ -86,7 +86,7 @@ def test_a_worker_that_stops_answering_is_killed_and_replaced():
 
 
 def test_in_process_mode_is_bounded_on_the_main_thread_and_refuses_elsewhere():
-    # A generous bound for the first call (it imports math-verify and builds its grammar, slow on a busy machine).
+    # A generous bound for the first call: it imports math-verify and builds its grammar (slow when busy).
     assert MathVerifier(workers=0, timeout_s=20.0)(r"so \boxed{(x+1)^2}", "x^2+2x+1").correct
     inline = MathVerifier(workers=0, timeout_s=1.0)
     assert not inline(f"so \\boxed{{{PATHOLOGICAL}}}", "3").correct
