@@ -129,7 +129,7 @@ class LossWeighting:
     global_denominator: torch.Tensor | None = None
 
 
-DEFAULT_CHUNK_ELEMENTS = 1 << 23  # ≈ 55 tokens at V = 152k: 32 MB per float32 (chunk, V) buffer
+DEFAULT_CHUNK_ELEMENTS = 1 << 24  # ≈ 110 tokens at V = 152k: 64 MB per float32 (chunk, V) buffer, 4 at most
 
 
 @dataclass(frozen=True)

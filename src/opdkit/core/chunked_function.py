@@ -20,12 +20,12 @@ import torch
 from opdkit.core.divergence_grads import (
     ChunkDivergence,
     DivergenceSpec,
+    entropy_rows,
     full_vocab_divergence,
-    rowdot,
+    log_softmax_,
     support_divergence,
     topk_divergence,
 )
-from opdkit.core.divergences import LOGP_FLOOR
 from opdkit.core.losses import truncated_is_weight
 
 
@@ -98,13 +98,8 @@ def _log_softmax_logits(
     return z.div_(plan.temperature) if plan.temperature != 1.0 else z
 
 
-def _entropy(logp_c_V: torch.Tensor) -> torch.Tensor:
-    """−Σ e^s·max(s, floor) per row, as ``entropy_from_logits`` (two transient (c, V) buffers)."""
-    return -rowdot(logp_c_V.exp(), logp_c_V.clamp(min=LOGP_FLOOR))
-
-
 def _normalise(z_c_V: torch.Tensor) -> torch.Tensor:
-    return z_c_V.sub_(torch.logsumexp(z_c_V, dim=-1, keepdim=True))
+    return log_softmax_(z_c_V)
 
 
 def _chunks(start: int, stop: int, size: int) -> list[tuple[int, int]]:
@@ -194,9 +189,9 @@ def _loss_chunk(ctx_vars, a: int, b: int, out: ChunkRunOutput) -> torch.Tensor:
     s = _normalise(z)
     logp = None if plan.ids_R is None else s.gather(-1, plan.ids_R[a:b, None]).squeeze(-1)
     out.add("logp", logp)
-    out.add("student_entropy", _entropy(s) if plan.student_entropy else None)
+    out.add("student_entropy", entropy_rows(s) if plan.student_entropy else None)
     t = None if plan.loss.teacher_hidden_R_H is None else _teacher_logp(plan, a, b)
-    teacher_h = _entropy(t) if plan.teacher_entropy else None
+    teacher_h = entropy_rows(t) if plan.teacher_entropy else None
     out.add("teacher_entropy", teacher_h)
     weight_c = torch.ones(b - a, dtype=s.dtype) if plan.weight_R is None else plan.weight_R[a:b].to(s.dtype)
     coef = plan.coef_R[a:b].to(s.dtype)
@@ -222,7 +217,7 @@ def _loss_chunk(ctx_vars, a: int, b: int, out: ChunkRunOutput) -> torch.Tensor:
 def _logp_chunk(hidden, weight, bias, plan: ChunkPlan, a: int, b: int, out: ChunkRunOutput) -> None:
     s = _normalise(_log_softmax_logits(hidden[a:b], weight, bias, plan))
     out.add("logp", None if plan.ids_R is None else s.gather(-1, plan.ids_R[a:b, None]).squeeze(-1))
-    out.add("student_entropy", _entropy(s) if plan.student_entropy else None)
+    out.add("student_entropy", entropy_rows(s) if plan.student_entropy else None)
 
 
 def _forward_pass(
