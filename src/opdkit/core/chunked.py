@@ -263,11 +263,18 @@ def _row_order(loss_mask: torch.Tensor, token_mask: torch.Tensor | None) -> tupl
     return torch.cat([loss_rows, extra]), loss_rows.numel()
 
 
+def _take_rows(x_N_T_H: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """(R, H) rows of the flattened (N·T, H) tensor; a view, not a copy, when the rows are all of them."""
+    flat = x_N_T_H.reshape(-1, x_N_T_H.shape[-1])
+    if rows.numel() == flat.shape[0] and bool((rows == torch.arange(rows.numel(), device=rows.device)).all()):
+        return flat
+    return flat.index_select(0, rows)
+
+
 def _teacher_rows(teacher: TeacherHidden | TeacherTopK, loss_rows: torch.Tensor) -> LossRows:
     if isinstance(teacher, TeacherHidden):
-        flat = teacher.hidden_N_T_H.detach().reshape(-1, teacher.hidden_N_T_H.shape[-1])
         return LossRows(
-            teacher_hidden_R_H=flat.index_select(0, loss_rows),
+            teacher_hidden_R_H=_take_rows(teacher.hidden_N_T_H.detach(), loss_rows),
             teacher_weight_V_H=teacher.head.weight_V_H.detach(),
             teacher_bias_V=None if teacher.head.bias_V is None else teacher.head.bias_V.detach(),
         )
@@ -315,8 +322,9 @@ def chunked_distillation_loss(
         entropy_mean=weighting.entropy_mean, student_entropy=settings.student_entropy,
         teacher_entropy=settings.teacher_entropy or weighting.entropy_beta is not None,
     )  # fmt: skip
-    hidden_R_H = student.hidden_N_T_H.reshape(-1, student.hidden_N_T_H.shape[-1]).index_select(0, rows)
-    out = run_chunked(hidden_R_H, student.head.weight_V_H, student.head.bias_V, plan)
+    out = run_chunked(
+        _take_rows(student.hidden_N_T_H, rows), student.head.weight_V_H, student.head.bias_V, plan
+    )
     return _package(out, rows, shape, weighting)
 
 
@@ -369,8 +377,9 @@ def chunked_token_logp(
         divergence=settings.divergence, loss=LossRows(), coef_R=torch.zeros(0),
         ids_R=student.token_ids_N_T.reshape(-1)[rows].to(torch.long), student_entropy=entropy,
     )  # fmt: skip
-    hidden_R_H = student.hidden_N_T_H.reshape(-1, student.hidden_N_T_H.shape[-1]).index_select(0, rows)
-    out = run_chunked(hidden_R_H, student.head.weight_V_H, student.head.bias_V, plan)
+    out = run_chunked(
+        _take_rows(student.hidden_N_T_H, rows), student.head.weight_V_H, student.head.bias_V, plan
+    )
     return TokenLogp(
         logp_N_T=_scatter(out.logp_R, rows, shape), entropy_N_T=_scatter(out.student_entropy_R, rows, shape)
     )

@@ -98,10 +98,6 @@ def _log_softmax_logits(
     return z.div_(plan.temperature) if plan.temperature != 1.0 else z
 
 
-def _normalise(z_c_V: torch.Tensor) -> torch.Tensor:
-    return log_softmax_(z_c_V)
-
-
 def _chunks(start: int, stop: int, size: int) -> list[tuple[int, int]]:
     return [(a, min(a + size, stop)) for a in range(start, stop, size)]
 
@@ -138,7 +134,7 @@ class _Grads:
 def _teacher_logp(plan: ChunkPlan, a: int, b: int) -> torch.Tensor:
     rows = plan.loss
     zt = _log_softmax_logits(rows.teacher_hidden_R_H[a:b], rows.teacher_weight_V_H, rows.teacher_bias_V, plan)
-    return _normalise(zt)
+    return log_softmax_(zt)
 
 
 def _divergence(plan: ChunkPlan, s: torch.Tensor, t, idx, a: int, b: int, need_grad: bool) -> ChunkDivergence:
@@ -163,7 +159,7 @@ class _EntropyShift:
 
     def weights(self, entropy_c: torch.Tensor) -> torch.Tensor:
         if self.mean is not None:  # the whole batch's normaliser is given: exact weights now
-            log_mean = torch.log(torch.as_tensor(self.mean, dtype=entropy_c.dtype))
+            log_mean = torch.log(torch.as_tensor(self.mean, dtype=entropy_c.dtype, device=entropy_c.device))
             return torch.exp(-self.beta * entropy_c - log_mean)
         if self.shift is None:
             self.shift = entropy_c.mean()
@@ -178,22 +174,36 @@ class _EntropyShift:
         return self.total / n_rows
 
 
-def _loss_chunk(ctx_vars, a: int, b: int, out: ChunkRunOutput) -> torch.Tensor:
+@dataclass
+class _Pass:
+    """What every chunk of one forward pass reads: the Function's inputs, the plan, the gradient buffers."""
+
+    hidden: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    plan: ChunkPlan
+    grads: _Grads | None
+    ent_shift: _EntropyShift | None
+
+
+def _loss_chunk(run: _Pass, a: int, b: int, out: ChunkRunOutput) -> torch.Tensor:
     """One chunk of loss rows: statistics into ``out``, gradient into the buffers; returns Σ coef·D."""
-    hidden, weight, bias, plan, grads, ent_shift = ctx_vars
+    hidden, weight, bias, plan, grads, ent_shift = (
+        run.hidden, run.weight, run.bias, run.plan, run.grads, run.ent_shift
+    )  # fmt: skip
     z = _log_softmax_logits(hidden[a:b], weight, bias, plan)
     spec = plan.divergence
     idx = None
     if spec.top_k is not None and plan.loss.support_ids_R_K is None:
         idx = z.topk(min(spec.top_k, z.shape[-1]), dim=-1).indices
-    s = _normalise(z)
+    s = log_softmax_(z)
     logp = None if plan.ids_R is None else s.gather(-1, plan.ids_R[a:b, None]).squeeze(-1)
     out.add("logp", logp)
     out.add("student_entropy", entropy_rows(s) if plan.student_entropy else None)
     t = None if plan.loss.teacher_hidden_R_H is None else _teacher_logp(plan, a, b)
     teacher_h = entropy_rows(t) if plan.teacher_entropy else None
     out.add("teacher_entropy", teacher_h)
-    weight_c = torch.ones(b - a, dtype=s.dtype) if plan.weight_R is None else plan.weight_R[a:b].to(s.dtype)
+    weight_c = s.new_ones(b - a) if plan.weight_R is None else plan.weight_R[a:b].to(s.dtype)
     coef = plan.coef_R[a:b].to(s.dtype)
     if plan.is_clip is not None:
         is_w = truncated_is_weight(logp, plan.old_logp_R[a:b], cap=plan.is_clip).to(s.dtype)
@@ -215,7 +225,7 @@ def _loss_chunk(ctx_vars, a: int, b: int, out: ChunkRunOutput) -> torch.Tensor:
 
 
 def _logp_chunk(hidden, weight, bias, plan: ChunkPlan, a: int, b: int, out: ChunkRunOutput) -> None:
-    s = _normalise(_log_softmax_logits(hidden[a:b], weight, bias, plan))
+    s = log_softmax_(_log_softmax_logits(hidden[a:b], weight, bias, plan))
     out.add("logp", None if plan.ids_R is None else s.gather(-1, plan.ids_R[a:b, None]).squeeze(-1))
     out.add("student_entropy", entropy_rows(s) if plan.student_entropy else None)
 
@@ -226,10 +236,10 @@ def _forward_pass(
     """Every chunk once: results into ``out``, the loss gradient into the returned buffers."""
     grads = _Grads.zeros(hidden, weight, bias, needs) if any(needs) and plan.n_loss else None
     ent_shift = None if plan.entropy_beta is None else _EntropyShift(plan.entropy_beta, plan.entropy_mean)
-    ctx_vars = (hidden, weight, bias, plan, grads, ent_shift)
+    run = _Pass(hidden, weight, bias, plan, grads, ent_shift)
     total = torch.zeros((), dtype=_compute_dtype(hidden, weight), device=hidden.device)
     for a, b in _chunks(0, plan.n_loss, plan.chunk_tokens):
-        total += _loss_chunk(ctx_vars, a, b, out)
+        total += _loss_chunk(run, a, b, out)
     for a, b in _chunks(plan.n_loss, hidden.shape[0], plan.chunk_tokens):
         _logp_chunk(hidden, weight, bias, plan, a, b, out)
     _finish(out, ent_shift, plan, grads, total)

@@ -28,7 +28,8 @@ Then the chain rule to the logits z with s = z − logsumexp(z), p = e^s:
                       vanishes exactly because the support log-probs do not depend on logsumexp(z).
 
 The full-vocabulary path works in place on the chunk's buffers (it overwrites ``s`` and ``t``) and holds at
-most four (R, V) tensors; the top-k path holds two plus a (R, K+1) problem.
+most three (R, V) tensors (two for the KLs); the top-k path two, plus a (R, K+1) problem. Elementwise
+temporaries are taken a block of rows at a time.
 """
 
 from __future__ import annotations
@@ -71,16 +72,18 @@ class ChunkDivergence:
     grad_R_V: torch.Tensor | None
 
 
-ROWDOT_BLOCK = 8  # rows per product in ``rowdot``: a temporary of 8 × V instead of R × V
+ROW_BLOCK = 8  # rows per elementwise temporary: 8 × V floats instead of a whole (R, V) buffer
+
+
+def row_blocks(n_rows: int) -> list[slice]:
+    return [slice(start, start + ROW_BLOCK) for start in range(0, n_rows, ROW_BLOCK)]
 
 
 def rowdot(a_R_C: torch.Tensor, b_R_C: torch.Tensor) -> torch.Tensor:
-    """Σ_c a·b per row -> (R,), in blocks of rows so the elementwise product never needs a full (R, C) buffer.
-
-    (A batched matrix product needs no temporary either, but is about 3× slower on CPU.)"""
+    """Σ_c a·b per row -> (R,), a block of rows at a time (a batched matrix product needs no temporary
+    either, but is about 3× slower on CPU)."""
     out = a_R_C.new_empty(a_R_C.shape[0])
-    for start in range(0, a_R_C.shape[0], ROWDOT_BLOCK):
-        rows = slice(start, start + ROWDOT_BLOCK)
+    for rows in row_blocks(a_R_C.shape[0]):
         torch.sum(a_R_C[rows] * b_R_C[rows], dim=-1, out=out[rows])
     return out
 
@@ -88,20 +91,18 @@ def rowdot(a_R_C: torch.Tensor, b_R_C: torch.Tensor) -> torch.Tensor:
 def entropy_rows(logp_R_C: torch.Tensor) -> torch.Tensor:
     """−Σ e^s·max(s, floor) per row, as ``entropy_from_logits``, with block-sized temporaries only."""
     out = logp_R_C.new_empty(logp_R_C.shape[0])
-    for start in range(0, logp_R_C.shape[0], ROWDOT_BLOCK):
-        block = logp_R_C[start : start + ROWDOT_BLOCK]
-        torch.sum(block.exp() * block.clamp(min=LOGP_FLOOR), dim=-1, out=out[start : start + ROWDOT_BLOCK])
+    for rows in row_blocks(logp_R_C.shape[0]):
+        block = logp_R_C[rows]
+        torch.sum(block.exp() * block.clamp(min=LOGP_FLOOR), dim=-1, out=out[rows])
     return out.neg_()
 
 
 def log_softmax_(z_R_C: torch.Tensor) -> torch.Tensor:
-    """z − logsumexp(z) in place with one temporary (torch.logsumexp holds two)."""
-    top = z_R_C.amax(dim=-1, keepdim=True)
-    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # all −inf rows stay −inf, no NaN
-    tmp = torch.sub(z_R_C, top)
-    lse = tmp.exp_().sum(dim=-1, keepdim=True).log_().add_(top)
-    del tmp
-    return z_R_C.sub_(lse)
+    """z − logsumexp(z) in place, a block of rows at a time (logsumexp's temporaries stay block-sized)."""
+    for rows in row_blocks(z_R_C.shape[0]):
+        block = z_R_C[rows]
+        block.sub_(torch.logsumexp(block, dim=-1, keepdim=True))
+    return z_R_C
 
 
 def bucket_divergence(s_R_C: torch.Tensor, t_R_C: torch.Tensor, alpha: float) -> ChunkDivergence:
@@ -140,12 +141,13 @@ def _project_softmax(grad_R_V: torch.Tensor, p_R_V: torch.Tensor) -> torch.Tenso
     return grad_R_V.addcmul_(p_R_V, grad_R_V.sum(dim=-1, keepdim=True), value=-1.0)
 
 
-def _fix_clamped_rows(
-    grad_R_V: torch.Tensor, rows: torch.Tensor, s_R_V: torch.Tensor, t_R_V: torch.Tensor, alpha: float
-) -> None:
-    """Rows where a KL was clamped at 0 (near-identical distributions) get the exact general gradient."""
-    if rows.numel():
-        grad_R_V[rows] = bucket_divergence(s_R_V[rows], t_R_V[rows], alpha).grad_R_V
+def _kl_rows(p_logp: torch.Tensor, q_logp: torch.Tensor) -> torch.Tensor:
+    """Unclamped KL(P‖Q) = Σ e^p (p − q) per row, block by block -> (R,)."""
+    out = p_logp.new_empty(p_logp.shape[0])
+    for rows in row_blocks(p_logp.shape[0]):
+        p, q = p_logp[rows], q_logp[rows]
+        torch.sum(p.exp() * (p - q), dim=-1, out=out[rows])
+    return out
 
 
 def full_vocab_divergence(
@@ -154,28 +156,26 @@ def full_vocab_divergence(
     """Full-vocabulary divergence (§3.2) of full log-softmaxes; overwrites both inputs.
 
     ``s_R_V``/``t_R_V``: student/teacher log-probs (R, V), normalised over V. Returns D (R,) and dD/dz.
+    The KLs use no (R, V) buffer besides the inputs; the JSD one more (log M).
     """
     keep = None
     if bool((s_R_V < LOGP_FLOOR).any()):
         keep = s_R_V >= LOGP_FLOOR
     s, t = s_R_V.clamp_(min=LOGP_FLOOR), t_R_V.clamp_(min=LOGP_FLOOR)
-    if alpha == 0.0:
-        work = torch.sub(t, s)
-        q = t.exp()
-        raw = rowdot(q, work)
-        if not need_grad:
-            return ChunkDivergence(raw.clamp(min=0.0), None)
-        grad = q.neg_().mul_((raw >= 0).unsqueeze(1))
-        p = torch.exp(s, out=work)
-    elif alpha == 1.0:
-        p = s.exp()
-        work = torch.sub(s, t)
-        raw = rowdot(p, work)
-        if not need_grad:
-            return ChunkDivergence(raw.clamp(min=0.0), None)
-        grad = work.add_(1.0).mul_(p).mul_((raw >= 0).unsqueeze(1))
-    else:
+    if 0.0 < alpha < 1.0:
         return _full_vocab_jsd(s, t, alpha, keep, need_grad=need_grad)
+    raw = _kl_rows(t, s) if alpha == 0.0 else _kl_rows(s, t)
+    if not need_grad:
+        return ChunkDivergence(raw.clamp(min=0.0), None)
+    active = (raw >= 0).unsqueeze(1)  # a KL clamped at 0 passes no gradient
+    if alpha == 0.0:  # G = −e^T, in t's buffer
+        grad = t.exp_().neg_()
+        p = s.exp_()
+    else:  # G = e^S (S − T + 1), in t's buffer
+        grad = t.sub_(s).neg_().add_(1.0)
+        p = s.exp_()
+        grad.mul_(p)
+    grad.mul_(active)
     if keep is not None:
         grad.mul_(keep)
     return ChunkDivergence(raw.clamp(min=0.0), _project_softmax(grad, p))
@@ -184,29 +184,29 @@ def full_vocab_divergence(
 def _full_vocab_jsd(
     s: torch.Tensor, t: torch.Tensor, alpha: float, keep: torch.Tensor | None, *, need_grad: bool
 ) -> ChunkDivergence:
-    """JSD_α over V in four (R, V) buffers: s, t (→ T − log M → e^S), log M (→ S − log M → G), e^T.
+    """JSD_α over V with one (R, V) buffer besides s and t: log M, later S − log M and the gradient.
 
     log M = log((1−α)e^S + αe^T), floored at the smallest normal float: only entries where both
     probabilities underflow are affected, and those contribute 0 to D and G either way."""
-    q = torch.exp(t)
-    log_m = torch.exp(s).mul_(1 - alpha).add_(q, alpha=alpha)
-    log_m.clamp_(min=torch.finfo(s.dtype).tiny).log_()
-    clamped_t = None
-    work = t.sub_(log_m)  # T − log M; T itself is only needed again on clamped rows (rebuilt from it)
-    b_raw = rowdot(q, work)
-    u = torch.sub(s, log_m, out=log_m)  # S − log M
-    p = torch.exp(s, out=work)
-    a_raw = rowdot(p, u)
+    log_m = torch.exp(s)
+    a_raw, b_raw = s.new_empty(s.shape[0]), s.new_empty(s.shape[0])
+    tiny = torch.finfo(s.dtype).tiny
+    for rows in row_blocks(s.shape[0]):
+        q = t[rows].exp()
+        lm = log_m[rows].mul_(1 - alpha).add_(q, alpha=alpha).clamp_(min=tiny).log_()
+        torch.sum(q * (t[rows] - lm), dim=-1, out=b_raw[rows])
+        torch.sum(s[rows].exp() * (s[rows] - lm), dim=-1, out=a_raw[rows])
     value = (1 - alpha) * a_raw.clamp(min=0.0) + alpha * b_raw.clamp(min=0.0)
     if not need_grad:
         return ChunkDivergence(value, None)
     clamped = ((a_raw < 0) | (b_raw < 0)).nonzero().reshape(-1)
-    if clamped.numel():  # near-identical rows: the exact general gradient; T = log e^T there
-        clamped_t = bucket_divergence(s[clamped], q[clamped].log(), alpha).grad_R_V
-    del q
-    grad = u.mul_(p).mul_(1 - alpha)
-    if clamped_t is not None:
-        grad[clamped] = clamped_t
+    exact = None
+    if clamped.numel():  # near-identical rows: the exact general gradient with both KLs' clamps
+        exact = bucket_divergence(s[clamped], t[clamped], alpha).grad_R_V
+    p = torch.exp(s, out=t)
+    grad = torch.sub(s, log_m, out=log_m).mul_(p).mul_(1 - alpha)  # (1−α)·e^S·(S − log M)
+    if exact is not None:
+        grad[clamped] = exact
     if keep is not None:
         grad.mul_(keep)
     return ChunkDivergence(value, _project_softmax(grad, p))
@@ -253,7 +253,7 @@ def support_divergence(
     *,
     need_grad: bool,
 ) -> ChunkDivergence:
-    """Server-teacher variant of §3.3: the teacher's ids, both renormalised on them, no tail.
+    """Server-teacher variant of §3.3: the teacher's ids, both renormalised on them, no tail; overwrites s.
 
     ``teacher_logp_R_K``: the teacher's log-probs of those ids as returned by the server.
     """
@@ -265,5 +265,5 @@ def support_divergence(
     if not need_grad:
         return ChunkDivergence(out.value_R, None)
     grad_k = out.grad_R_V - s_b.exp() * out.grad_R_V.sum(dim=-1, keepdim=True)
-    grad = torch.zeros_like(s_R_V).scatter_add_(-1, ids_R_K, grad_k)
+    grad = s_R_V.zero_().scatter_add_(-1, ids_R_K, grad_k)  # s is no longer needed: reuse its buffer
     return ChunkDivergence(out.value_R, grad)
