@@ -325,7 +325,7 @@ def format_table(results: list[dict], cfg: Config) -> str:
         return ok.get(prefix + suffix, {})
 
     head = (
-        "| case | peak extra MB | × full | of which grad W | s | mem / straightforward"
+        "| case | peak extra MiB | × full | × full without grad W | s | mem / straightforward"
         " | time / straightforward | mem / TRL SDPO | time / TRL SDPO | loss |\n"
         "|---|---|---|---|---|---|---|---|---|---|"
     )
@@ -337,11 +337,16 @@ def format_table(results: list[dict], cfg: Config) -> str:
         sf, trl = base("straightforward", r["case"]), base("trl_sdpo", r["case"])
         rows.append(
             f"| {r['case']} | {r['peak_bytes'] / 2**20:,.0f} | {r['peak_bytes'] / full:.2f} | "
-            f"{grad_w / full:.2f} | {r['seconds']:.2f} | {_ratio(r['peak_bytes'], sf.get('peak_bytes'))} | "
+            f"{(r['peak_bytes'] - grad_w) / full:.2f} | {r['seconds']:.2f} | "
+            f"{_ratio(r['peak_bytes'], sf.get('peak_bytes'))} | "
             f"{_ratio(r['seconds'], sf.get('seconds'))} | {_ratio(r['peak_bytes'], trl.get('peak_bytes'))} | "
             f"{_ratio(r['seconds'], trl.get('seconds'))} | {r['loss']:.6g} |"
         )
-    return "\n".join(rows)
+    note = (
+        f"\none full (N, T, V) tensor = {full / 2**20:,.0f} MiB; grad W (V, H) = {grad_w / 2**20:,.0f} MiB"
+        f" = {grad_w / full:.2f}× full, included in every peak"
+    )
+    return "\n".join(rows) + note
 
 
 def main() -> None:
@@ -359,11 +364,18 @@ def main() -> None:
         "--max-gb", type=float, default=16.0, help="CPU: a case's allocation cap above inputs"
     )
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--from-json", help="only print the table of results saved with --json")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:  # child process
         print(json.dumps(run_case(args.case, Config(**json.loads(args.config)))))
+        return
+    if args.from_json:
+        with open(args.from_json) as f:
+            saved = json.load(f)
+        print(f"# {saved['device']}; {Config(**saved['config'])}")
+        print(format_table(saved["results"], Config(**saved["config"])))
         return
     gpu = args.device == "cuda"
     cfg = Config(

@@ -104,15 +104,19 @@ def _chunks(start: int, stop: int, size: int) -> list[tuple[int, int]]:
 
 @dataclass
 class _Grads:
+    """Gradient buffers. grad W starts uninitialised: the first chunk writes it with a plain product and later
+    chunks accumulate (zero-filling (V, H) first would cost a full pass over it)."""
+
     hidden_R_H: torch.Tensor | None
     weight_V_H: torch.Tensor | None
     bias_V: torch.Tensor | None
+    weight_written: bool = False
 
     @classmethod
-    def zeros(cls, hidden, weight, bias, needs: tuple[bool, ...]) -> _Grads:
+    def create(cls, hidden, weight, bias, needs: tuple[bool, ...]) -> _Grads:
         return cls(
             torch.zeros_like(hidden) if needs[0] else None,
-            torch.zeros_like(weight) if needs[1] else None,
+            torch.empty_like(weight) if needs[1] else None,
             torch.zeros_like(bias) if bias is not None and needs[2] else None,
         )
 
@@ -121,9 +125,20 @@ class _Grads:
         if self.hidden_R_H is not None:
             self.hidden_R_H[a:b] += (dz @ weight_V_H).to(self.hidden_R_H.dtype)
         if self.weight_V_H is not None:
-            self.weight_V_H.addmm_(dz.T, hidden_c_H.to(dz.dtype))
+            if self.weight_written:
+                self.weight_V_H.addmm_(dz.T, hidden_c_H.to(dz.dtype))
+            else:
+                torch.mm(dz.T, hidden_c_H.to(dz.dtype), out=self.weight_V_H)
+                self.weight_written = True
         if self.bias_V is not None:
             self.bias_V += dz.sum(dim=0).to(self.bias_V.dtype)
+
+    def finish(self) -> _Grads:
+        """Zero grad W if no chunk wrote it (no loss rows, or an unused output)."""
+        if self.weight_V_H is not None and not self.weight_written:
+            self.weight_V_H.zero_()
+            self.weight_written = True
+        return self
 
     def scale(self, factor: torch.Tensor | float) -> None:
         for g in (self.hidden_R_H, self.weight_V_H, self.bias_V):
@@ -234,7 +249,7 @@ def _forward_pass(
     hidden, weight, bias, plan: ChunkPlan, needs: tuple[bool, ...], out: ChunkRunOutput
 ) -> _Grads | None:
     """Every chunk once: results into ``out``, the loss gradient into the returned buffers."""
-    grads = _Grads.zeros(hidden, weight, bias, needs) if any(needs) and plan.n_loss else None
+    grads = _Grads.create(hidden, weight, bias, needs) if any(needs) and plan.n_loss else None
     ent_shift = None if plan.entropy_beta is None else _EntropyShift(plan.entropy_beta, plan.entropy_mean)
     run = _Pass(hidden, weight, bias, plan, grads, ent_shift)
     total = torch.zeros((), dtype=_compute_dtype(hidden, weight), device=hidden.device)
@@ -243,7 +258,7 @@ def _forward_pass(
     for a, b in _chunks(plan.n_loss, hidden.shape[0], plan.chunk_tokens):
         _logp_chunk(hidden, weight, bias, plan, a, b, out)
     _finish(out, ent_shift, plan, grads, total)
-    return grads
+    return None if grads is None else grads.finish()
 
 
 class _ChunkedHeadLoss(torch.autograd.Function):
@@ -272,11 +287,12 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         else:  # a second backward through a retained graph: the first one gave the buffers away
             grads = _forward_pass(hidden, weight, bias, ctx.plan, ctx.needs, ChunkRunOutput())
         if grads is None or grad_loss is None:
-            grads = _Grads.zeros(hidden, weight, bias, ctx.needs)
+            grads = _Grads.create(hidden, weight, bias, ctx.needs)
         elif not bool(grad_loss == 1):
             grads.scale(grad_loss)
         if grad_logp is not None and grad_logp.numel() and bool(grad_logp.any()):
             _add_logp_grad(grads, hidden, weight, bias, ctx.plan, grad_logp)
+        grads.finish()
         return grads.hidden_R_H, grads.weight_V_H, grads.bias_V, None, None
 
 

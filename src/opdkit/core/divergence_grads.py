@@ -27,9 +27,8 @@ Then the chain rule to the logits z with s = z − logsumexp(z), p = e^s:
     teacher support   the teacher's ids (server variant), renormalised: as top-k renorm, and the p term
                       vanishes exactly because the support log-probs do not depend on logsumexp(z).
 
-The full-vocabulary path works in place on the chunk's buffers (it overwrites ``s`` and ``t``) and holds at
-most three (R, V) tensors (two for the KLs); the top-k path two, plus a (R, K+1) problem. Elementwise
-temporaries are taken a block of rows at a time.
+Every path works on a block of rows at a time and writes dD/dz over one of its two inputs, so a chunk never
+holds more than its student and teacher log-probs as (R, V) tensors plus block-sized temporaries.
 """
 
 from __future__ import annotations
@@ -141,75 +140,46 @@ def _project_softmax(grad_R_V: torch.Tensor, p_R_V: torch.Tensor) -> torch.Tenso
     return grad_R_V.addcmul_(p_R_V, grad_R_V.sum(dim=-1, keepdim=True), value=-1.0)
 
 
-def _kl_rows(p_logp: torch.Tensor, q_logp: torch.Tensor) -> torch.Tensor:
-    """Unclamped KL(P‖Q) = Σ e^p (p − q) per row, block by block -> (R,)."""
-    out = p_logp.new_empty(p_logp.shape[0])
-    for rows in row_blocks(p_logp.shape[0]):
-        p, q = p_logp[rows], q_logp[rows]
-        torch.sum(p.exp() * (p - q), dim=-1, out=out[rows])
-    return out
+def _jsd_block(s: torch.Tensor, t: torch.Tensor, alpha: float) -> ChunkDivergence:
+    """JSD_α and G for a few rows of floored log-probs, in the short form G = (1−α)·e^S·(S − log M).
+
+    log M = log((1−α)e^S + αe^T), floored at the smallest normal float: only entries where both
+    probabilities underflow are affected, and those contribute 0 to D and G either way. Rows where a KL was
+    clamped at 0 (near-identical distributions) take the exact general form of ``bucket_divergence``."""
+    p, q = s.exp(), t.exp()
+    log_m = torch.add(p, q, alpha=alpha / (1 - alpha)).mul_(1 - alpha)
+    log_m.clamp_(min=torch.finfo(s.dtype).tiny).log_()
+    u = s - log_m
+    a_raw = (p * u).sum(dim=-1)
+    b_raw = (q * (t - log_m)).sum(dim=-1)
+    value = (1 - alpha) * a_raw.clamp(min=0.0) + alpha * b_raw.clamp(min=0.0)
+    grad = u.mul_(p).mul_(1 - alpha)
+    clamped = ((a_raw < 0) | (b_raw < 0)).nonzero().reshape(-1)
+    if clamped.numel():
+        grad[clamped] = bucket_divergence(s[clamped], t[clamped], alpha).grad_R_V
+    return ChunkDivergence(value, grad)
 
 
 def full_vocab_divergence(
     s_R_V: torch.Tensor, t_R_V: torch.Tensor, alpha: float, *, need_grad: bool
 ) -> ChunkDivergence:
-    """Full-vocabulary divergence (§3.2) of full log-softmaxes; overwrites both inputs.
+    """Full-vocabulary divergence (§3.2) of full log-softmaxes, a block of rows at a time.
 
-    ``s_R_V``/``t_R_V``: student/teacher log-probs (R, V), normalised over V. Returns D (R,) and dD/dz.
-    The KLs use no (R, V) buffer besides the inputs; the JSD one more (log M).
+    ``s_R_V``/``t_R_V``: student/teacher log-probs (R, V), normalised over V; both are floored in place and
+    dD/dz is written over ``t_R_V`` (returned as ``grad_R_V``), so no other (R, V) buffer is needed.
     """
-    keep = None
-    if bool((s_R_V < LOGP_FLOOR).any()):
-        keep = s_R_V >= LOGP_FLOOR
-    s, t = s_R_V.clamp_(min=LOGP_FLOOR), t_R_V.clamp_(min=LOGP_FLOOR)
-    if 0.0 < alpha < 1.0:
-        return _full_vocab_jsd(s, t, alpha, keep, need_grad=need_grad)
-    raw = _kl_rows(t, s) if alpha == 0.0 else _kl_rows(s, t)
-    if not need_grad:
-        return ChunkDivergence(raw.clamp(min=0.0), None)
-    active = (raw >= 0).unsqueeze(1)  # a KL clamped at 0 passes no gradient
-    if alpha == 0.0:  # G = −e^T, in t's buffer
-        grad = t.exp_().neg_()
-        p = s.exp_()
-    else:  # G = e^S (S − T + 1), in t's buffer
-        grad = t.sub_(s).neg_().add_(1.0)
-        p = s.exp_()
-        grad.mul_(p)
-    grad.mul_(active)
-    if keep is not None:
-        grad.mul_(keep)
-    return ChunkDivergence(raw.clamp(min=0.0), _project_softmax(grad, p))
-
-
-def _full_vocab_jsd(
-    s: torch.Tensor, t: torch.Tensor, alpha: float, keep: torch.Tensor | None, *, need_grad: bool
-) -> ChunkDivergence:
-    """JSD_α over V with one (R, V) buffer besides s and t: log M, later S − log M and the gradient.
-
-    log M = log((1−α)e^S + αe^T), floored at the smallest normal float: only entries where both
-    probabilities underflow are affected, and those contribute 0 to D and G either way."""
-    log_m = torch.exp(s)
-    a_raw, b_raw = s.new_empty(s.shape[0]), s.new_empty(s.shape[0])
-    tiny = torch.finfo(s.dtype).tiny
-    for rows in row_blocks(s.shape[0]):
-        q = t[rows].exp()
-        lm = log_m[rows].mul_(1 - alpha).add_(q, alpha=alpha).clamp_(min=tiny).log_()
-        torch.sum(q * (t[rows] - lm), dim=-1, out=b_raw[rows])
-        torch.sum(s[rows].exp() * (s[rows] - lm), dim=-1, out=a_raw[rows])
-    value = (1 - alpha) * a_raw.clamp(min=0.0) + alpha * b_raw.clamp(min=0.0)
-    if not need_grad:
-        return ChunkDivergence(value, None)
-    clamped = ((a_raw < 0) | (b_raw < 0)).nonzero().reshape(-1)
-    exact = None
-    if clamped.numel():  # near-identical rows: the exact general gradient with both KLs' clamps
-        exact = bucket_divergence(s[clamped], t[clamped], alpha).grad_R_V
-    p = torch.exp(s, out=t)
-    grad = torch.sub(s, log_m, out=log_m).mul_(p).mul_(1 - alpha)  # (1−α)·e^S·(S − log M)
-    if exact is not None:
-        grad[clamped] = exact
-    if keep is not None:
-        grad.mul_(keep)
-    return ChunkDivergence(value, _project_softmax(grad, p))
+    value = s_R_V.new_empty(s_R_V.shape[0])
+    for rows in row_blocks(s_R_V.shape[0]):
+        s, t = s_R_V[rows], t_R_V[rows]
+        keep = (s >= LOGP_FLOOR) if bool((s < LOGP_FLOOR).any()) else None
+        s.clamp_(min=LOGP_FLOOR)
+        t.clamp_(min=LOGP_FLOOR)
+        out = _jsd_block(s, t, alpha) if 0.0 < alpha < 1.0 else bucket_divergence(s, t, alpha)
+        value[rows] = out.value_R
+        if need_grad:
+            grad = out.grad_R_V if keep is None else out.grad_R_V * keep
+            t.copy_(_project_softmax(grad, s.exp()))
+    return ChunkDivergence(value, t_R_V if need_grad else None)
 
 
 def _tail_bucket(logp_R_K: torch.Tensor) -> torch.Tensor:
