@@ -305,9 +305,9 @@ def _finish(
         "is_weight": plan.is_clip is not None, "teacher_entropy": plan.teacher_entropy,
         "student_entropy": plan.student_entropy, "entropy_weight": plan.entropy_beta is not None,
     }  # fmt: skip
-    empty = total.new_zeros(0)  # no rows at all (empty mask): empty results rather than None
-    for name, wanted in expected.items():
-        setattr(out, f"{name}_R", (out.collect(name) if name in out.parts else empty) if wanted else None)
+    for name, wanted in expected.items():  # no rows at all (empty mask): empty results rather than None
+        value = (out.collect(name) if name in out.parts else total.new_zeros(0)) if wanted else None
+        setattr(out, f"{name}_R", value)
     weights = out.entropy_weight_R
     norm = ent_shift.normaliser(plan.n_loss) if ent_shift is not None else 1.0
     if not isinstance(norm, float):
