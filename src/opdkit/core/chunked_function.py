@@ -88,14 +88,34 @@ def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
-def _log_softmax_logits(
-    hidden_c_H: torch.Tensor, weight_V_H: torch.Tensor, bias_V: torch.Tensor | None, plan: ChunkPlan
+def _logits(
+    hidden_c_H: torch.Tensor,
+    weight_V_H: torch.Tensor,
+    bias_V: torch.Tensor | None,
+    plan: ChunkPlan,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """z = (h·Wᵀ + b)/T in the compute dtype (a fresh (c, V) buffer)."""
+    """z = (h·Wᵀ + b)/T in the compute dtype, written into ``out`` (a (c, V) workspace) when given."""
     h = hidden_c_H.to(weight_V_H.dtype)
-    z = h @ weight_V_H.T if bias_V is None else torch.addmm(bias_V, h, weight_V_H.T)
-    z = z.to(_compute_dtype(hidden_c_H, weight_V_H))
+    dtype = _compute_dtype(hidden_c_H, weight_V_H)
+    direct = out if out is not None and weight_V_H.dtype == dtype else None  # bf16 products need a cast
+    if bias_V is None:
+        z = torch.mm(h, weight_V_H.T, out=direct)
+    else:
+        z = torch.addmm(bias_V, h, weight_V_H.T, out=direct)
+    if out is not None and direct is None:
+        z = out.copy_(z)
+    z = z.to(dtype)
     return z.div_(plan.temperature) if plan.temperature != 1.0 else z
+
+
+class _Workspace:
+    """The two (chunk, V) buffers every chunk reuses (student and teacher logits, later log-probs and dD/dz):
+    allocating them afresh per chunk lets a new chunk's buffer appear before the last one is returned."""
+
+    def __init__(self, rows: int, vocab: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.student = torch.empty(rows, vocab, dtype=dtype, device=device)
+        self.teacher = torch.empty(rows, vocab, dtype=dtype, device=device)
 
 
 def _chunks(start: int, stop: int, size: int) -> list[tuple[int, int]]:
@@ -146,9 +166,9 @@ class _Grads:
                 g.mul_(factor)
 
 
-def _teacher_logp(plan: ChunkPlan, a: int, b: int) -> torch.Tensor:
+def _teacher_logp(plan: ChunkPlan, a: int, b: int, out: torch.Tensor) -> torch.Tensor:
     rows = plan.loss
-    zt = _log_softmax_logits(rows.teacher_hidden_R_H[a:b], rows.teacher_weight_V_H, rows.teacher_bias_V, plan)
+    zt = _logits(rows.teacher_hidden_R_H[a:b], rows.teacher_weight_V_H, rows.teacher_bias_V, plan, out)
     return log_softmax_(zt)
 
 
@@ -199,6 +219,7 @@ class _Pass:
     plan: ChunkPlan
     grads: _Grads | None
     ent_shift: _EntropyShift | None
+    work: _Workspace
 
 
 def _loss_chunk(run: _Pass, a: int, b: int, out: ChunkRunOutput) -> torch.Tensor:
@@ -206,7 +227,7 @@ def _loss_chunk(run: _Pass, a: int, b: int, out: ChunkRunOutput) -> torch.Tensor
     hidden, weight, bias, plan, grads, ent_shift = (
         run.hidden, run.weight, run.bias, run.plan, run.grads, run.ent_shift
     )  # fmt: skip
-    z = _log_softmax_logits(hidden[a:b], weight, bias, plan)
+    z = _logits(hidden[a:b], weight, bias, plan, run.work.student[: b - a])
     spec = plan.divergence
     idx = None
     if spec.top_k is not None and plan.loss.support_ids_R_K is None:
@@ -215,7 +236,7 @@ def _loss_chunk(run: _Pass, a: int, b: int, out: ChunkRunOutput) -> torch.Tensor
     logp = None if plan.ids_R is None else s.gather(-1, plan.ids_R[a:b, None]).squeeze(-1)
     out.add("logp", logp)
     out.add("student_entropy", entropy_rows(s) if plan.student_entropy else None)
-    t = None if plan.loss.teacher_hidden_R_H is None else _teacher_logp(plan, a, b)
+    t = None if plan.loss.teacher_hidden_R_H is None else _teacher_logp(plan, a, b, run.work.teacher[: b - a])
     teacher_h = entropy_rows(t) if plan.teacher_entropy else None
     out.add("teacher_entropy", teacher_h)
     weight_c = s.new_ones(b - a) if plan.weight_R is None else plan.weight_R[a:b].to(s.dtype)
@@ -239,8 +260,9 @@ def _loss_chunk(run: _Pass, a: int, b: int, out: ChunkRunOutput) -> torch.Tensor
     return torch.dot(coef, div.value_R)
 
 
-def _logp_chunk(hidden, weight, bias, plan: ChunkPlan, a: int, b: int, out: ChunkRunOutput) -> None:
-    s = log_softmax_(_log_softmax_logits(hidden[a:b], weight, bias, plan))
+def _logp_chunk(run: _Pass, a: int, b: int, out: ChunkRunOutput) -> None:
+    hidden, weight, bias, plan = run.hidden, run.weight, run.bias, run.plan
+    s = log_softmax_(_logits(hidden[a:b], weight, bias, plan, run.work.student[: b - a]))
     out.add("logp", None if plan.ids_R is None else s.gather(-1, plan.ids_R[a:b, None]).squeeze(-1))
     out.add("student_entropy", entropy_rows(s) if plan.student_entropy else None)
 
@@ -251,12 +273,14 @@ def _forward_pass(
     """Every chunk once: results into ``out``, the loss gradient into the returned buffers."""
     grads = _Grads.create(hidden, weight, bias, needs) if any(needs) and plan.n_loss else None
     ent_shift = None if plan.entropy_beta is None else _EntropyShift(plan.entropy_beta, plan.entropy_mean)
-    run = _Pass(hidden, weight, bias, plan, grads, ent_shift)
+    rows = min(plan.chunk_tokens, hidden.shape[0])
+    work = _Workspace(rows, weight.shape[0], _compute_dtype(hidden, weight), hidden.device)
+    run = _Pass(hidden, weight, bias, plan, grads, ent_shift, work)
     total = torch.zeros((), dtype=_compute_dtype(hidden, weight), device=hidden.device)
     for a, b in _chunks(0, plan.n_loss, plan.chunk_tokens):
         total += _loss_chunk(run, a, b, out)
     for a, b in _chunks(plan.n_loss, hidden.shape[0], plan.chunk_tokens):
-        _logp_chunk(hidden, weight, bias, plan, a, b, out)
+        _logp_chunk(run, a, b, out)
     _finish(out, ent_shift, plan, grads, total)
     return None if grads is None else grads.finish()
 
@@ -325,7 +349,7 @@ def _add_logp_grad(grads: _Grads, hidden, weight, bias, plan: ChunkPlan, grad_lo
         g = grad_logp_R[a:b]
         if not bool(g.any()):
             continue
-        z = _log_softmax_logits(hidden[a:b], weight, bias, plan)
+        z = _logits(hidden[a:b], weight, bias, plan)
         g = g.to(z.dtype) / plan.temperature
         dz = torch.softmax(z, dim=-1)
         del z

@@ -71,7 +71,7 @@ class ChunkDivergence:
     grad_R_V: torch.Tensor | None
 
 
-ROW_BLOCK = 8  # rows per elementwise temporary: 8 × V floats instead of a whole (R, V) buffer
+ROW_BLOCK = 2  # rows per elementwise temporary: 2 × V floats instead of a whole (R, V) buffer
 
 
 def row_blocks(n_rows: int) -> list[slice]:
