@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from opdkit.core.losses import aggregate, clipped_surrogate
@@ -105,3 +106,27 @@ def test_srpo_routes_failed_rows_with_a_correct_sibling_to_sdpo(step_setup):
         expected.append(not MIXED[i] and any(MIXED[j] for j in group if j != i))
     assert routed.tolist() == expected
     assert routed.tolist() == [False, True, False, True, True, True, False, True] + [False] * 8
+
+
+@pytest.mark.parametrize("method", ["grpo", "opd", "scope", "sdpo", "sc_sdpo", "sdpo_paced", "srpo"])
+def test_hidden_state_path_equals_the_full_logit_path(step_setup, method):
+    # The chunked losses from hidden states (the default, issue 8) and the plain full-logit losses are the same
+    # function of the weights: equal value and gradient on a real batch.
+    cfg, batch, ctx = step_setup(method, MIXED)
+    if method == "sdpo_paced":
+        ctx.paced_weights_D = torch.linspace(0.0, 2.0, 24)
+    prepared = METHODS.get(method).prepare(cfg, batch, ctx)
+    chunked = _loss_and_grad(method, cfg, batch, ctx, prepared)
+    ctx.hidden_states = False
+    _close(chunked, _loss_and_grad(method, cfg, batch, ctx, prepared))
+
+
+def test_trust_region_teacher_on_the_hidden_state_path(step_setup):
+    cfg, batch, ctx = step_setup("sdpo", MIXED, extra=["self_teacher.weights=trust-region"])
+    prepared = METHODS.get("sdpo").prepare(cfg, batch, ctx)
+    with torch.no_grad():  # move the student away from the base so lerp(z_base, z_student) is not trivial
+        for p in ctx.student.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    chunked = _loss_and_grad("sdpo", cfg, batch, ctx, prepared)
+    ctx.hidden_states = False
+    _close(chunked, _loss_and_grad("sdpo", cfg, batch, ctx, prepared))

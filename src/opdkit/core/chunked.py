@@ -60,6 +60,7 @@ __all__ = [
     "TokenLogp",
     "chunked_distillation_loss",
     "chunked_token_logp",
+    "lerp_teacher_hidden",
 ]
 
 
@@ -386,3 +387,18 @@ def chunked_token_logp(
     return TokenLogp(
         logp_N_T=_scatter(out.logp_R, rows, shape), entropy_N_T=_scatter(out.student_entropy_R, rows, shape)
     )
+
+
+def lerp_teacher_hidden(a: TeacherHidden, b: TeacherHidden, weight: float) -> TeacherHidden:
+    """A teacher whose logits are lerp(z_a, z_b, w) = (1−w)·z_a + w·z_b, as one hidden/head pair.
+
+    Exact: [(1−w)·h_a, w·h_b] concatenated along H, against the head [W_a, W_b], gives (1−w)·z_a + w·z_b.
+    Used by SDPO's trust-region self-teacher (§4.6) on the chunked path.
+    """
+    hidden = torch.cat([(1 - weight) * a.hidden_N_T_H, weight * b.hidden_N_T_H], dim=-1)
+    head_w = torch.cat([a.head.weight_V_H, b.head.weight_V_H], dim=-1)
+    biases = [(1 - weight) * a.head.bias_V if a.head.bias_V is not None else None,
+              weight * b.head.bias_V if b.head.bias_V is not None else None]  # fmt: skip
+    present = [x for x in biases if x is not None]
+    bias = sum(present[1:], present[0]) if present else None
+    return TeacherHidden(hidden_N_T_H=hidden, head=LinearHead(head_w, bias))

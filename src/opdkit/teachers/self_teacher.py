@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from opdkit.core.chunked import LinearHead, TeacherHidden, lerp_teacher_hidden
 from opdkit.teachers.reprompt import RepromptTemplate, plan_reprompts, reprompt_user_text, strip_thinking
 
 
@@ -185,18 +186,31 @@ def _stats(rollouts: RolloutTexts, plan: Any, cut: int) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------ weights
+# Each kind gives the teacher's logits (``logits(run, student)``, full-logit path) or its hidden states and
+# head (``hidden(run, student)``, the chunked path); ``run(model)`` does the forward on the teacher context.
+
+LogitsRun = Callable[[torch.nn.Module], torch.Tensor]
+HiddenRun = Callable[[torch.nn.Module], TeacherHidden]
+
+
+def _detached(view: TeacherHidden) -> TeacherHidden:
+    head = view.head
+    bias = None if head.bias_V is None else head.bias_V.detach()
+    return TeacherHidden(view.hidden_N_T_H.detach(), LinearHead(head.weight_V_H.detach(), bias))
 
 
 class _FrozenCopy:
-    """A frozen fp32-or-native copy of the initial student (``base``), also the reference of the others."""
+    """A frozen copy of the initial student (``base``); also the reference of the other kinds."""
 
     def __init__(self, student: torch.nn.Module, rate: float) -> None:
         self.model = copy.deepcopy(student).eval().requires_grad_(False)
         self.rate = rate
 
-    def logits(
-        self, run: Callable[[torch.nn.Module], torch.Tensor], student: torch.nn.Module
-    ) -> torch.Tensor:
+    def logits(self, run: LogitsRun, student: torch.nn.Module) -> torch.Tensor:
+        with torch.no_grad():
+            return run(self.model)
+
+    def hidden(self, run: HiddenRun, student: torch.nn.Module) -> TeacherHidden:
         with torch.no_grad():
             return run(self.model)
 
@@ -231,11 +245,13 @@ class _Live:
     def __init__(self, student: torch.nn.Module, rate: float) -> None:
         self.rate = rate
 
-    def logits(
-        self, run: Callable[[torch.nn.Module], torch.Tensor], student: torch.nn.Module
-    ) -> torch.Tensor:
+    def logits(self, run: LogitsRun, student: torch.nn.Module) -> torch.Tensor:
         with torch.no_grad():
             return run(student)
+
+    def hidden(self, run: HiddenRun, student: torch.nn.Module) -> TeacherHidden:
+        with torch.no_grad():
+            return _detached(run(student))  # the student's head carries requires_grad
 
     def update(self, student: torch.nn.Module) -> None:
         """Nothing to update: the live student is used as it is."""
@@ -250,11 +266,13 @@ class _Live:
 class _TrustRegion(_FrozenCopy):
     """Teacher logits = lerp(z_base, z_student, η) on the teacher context (§4.6)."""
 
-    def logits(
-        self, run: Callable[[torch.nn.Module], torch.Tensor], student: torch.nn.Module
-    ) -> torch.Tensor:
+    def logits(self, run: LogitsRun, student: torch.nn.Module) -> torch.Tensor:
         with torch.no_grad():
             return torch.lerp(run(self.model).float(), run(student).float(), self.rate)
+
+    def hidden(self, run: HiddenRun, student: torch.nn.Module) -> TeacherHidden:
+        with torch.no_grad():
+            return lerp_teacher_hidden(run(self.model), _detached(run(student)), self.rate)
 
 
 _WEIGHT_KINDS: dict[str, type] = {
@@ -266,6 +284,6 @@ _WEIGHT_KINDS: dict[str, type] = {
 
 
 def make_teacher_weights(student: torch.nn.Module, options: SelfTeacherOptions) -> Any:
-    """The self-teacher's weights: an object with ``logits(run, student)``, ``update(student)`` and
-    ``state_dict()``/``load_state_dict()``; ``run(model)`` does the forward and returns logits."""
+    """The self-teacher's weights: an object with ``logits(run, student)``, ``hidden(run, student)``,
+    ``update(student)`` and ``state_dict()``/``load_state_dict()``."""
     return _WEIGHT_KINDS[options.weights](student, options.update_rate)

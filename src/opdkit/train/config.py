@@ -27,6 +27,9 @@ class ModelConfig:
     )
     dtype: Literal["float32", "bfloat16", "float16"] = doc("float32", "parameter dtype of the student")
     device: str = doc("auto", "'cpu', 'cuda', 'cuda:N' or 'auto' (cuda when available)")
+    hidden_state_losses: bool = doc(
+        True, "compute log-probs and divergences from hidden states in token chunks (never full logits)"
+    )
     chat_template_kwargs: Mapping[str, Any] | None = doc(
         None, "extra chat-template arguments for every prompt, e.g. {enable_thinking: false} for Qwen3"
     )

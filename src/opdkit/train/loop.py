@@ -93,6 +93,7 @@ def train(
         student=models.student,
         tokenizer=models.tokenizer,
         temperature=logprob_t,
+        hidden_states=cfg.model.hidden_state_losses,
         teacher=make_external_teacher(cfg, models, device, logprob_t) if method.uses_teacher else None,
         self_teacher=make_teacher_weights(models.student, cfg.self_teacher)
         if method.uses_self_teacher
@@ -127,6 +128,7 @@ def train(
             first_group_id=step * cfg.rollout.prompts_per_step,
             logprob_temperature=logprob_t,
             micro_batch_size=cfg.optim.micro_batch_size,
+            hidden_states=cfg.model.hidden_state_losses,
         )
         rollouts = collect_rollouts(models.student, models.tokenizer, data, verifiers, request)
         t1 = time.perf_counter()

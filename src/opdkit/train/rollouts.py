@@ -32,6 +32,7 @@ class RolloutRequest:
     first_group_id: int
     logprob_temperature: float
     micro_batch_size: int
+    hidden_states: bool = True
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ def collect_rollouts(
         feedback=[v.feedback for v in verdicts],
         preds=[v.pred for v in verdicts],
     )
-    old = old_logprobs(model, batch, req.logprob_temperature, req.micro_batch_size)
+    old = old_logprobs(model, batch, req.logprob_temperature, req.micro_batch_size, hidden=req.hidden_states)
     batch = StepBatch(**{**batch.__dict__, "old_logp_N_T": old})
     return Rollouts(batch=batch, metrics=rollout_metrics(batch))
 

@@ -43,6 +43,7 @@ class MethodContext:
     student: torch.nn.Module
     tokenizer: Any
     temperature: float
+    hidden_states: bool = True  # losses from hidden states in token chunks (``model.hidden_state_losses``)
     teacher: Any = None
     self_teacher: Any = None
     self_teacher_options: Any = None

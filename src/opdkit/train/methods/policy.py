@@ -24,7 +24,7 @@ from opdkit.core.losses import (
 )
 from opdkit.core.registry import Registry
 from opdkit.train.batch import Prepared, StepBatch
-from opdkit.train.forward import student_forward
+from opdkit.train.forward import policy_logp
 from opdkit.train.methods.base import Method, MethodConfig, MethodContext
 
 
@@ -68,15 +68,13 @@ def policy_gradient_loss(
     cfg: PolicyLossConfig, batch: StepBatch, adv: torch.Tensor, loss_mask_N_T: torch.Tensor, ctx, denom
 ) -> LossOutput:
     """Clipped surrogate with ``adv`` ((N,) or (N, T)) aggregated over ``loss_mask`` with ``denom``."""
-    out = student_forward(ctx.student, batch, ctx.temperature)
+    logp = policy_logp(ctx.student, batch, ctx.temperature, hidden=ctx.hidden_states)
     sur = clipped_surrogate(
-        out.logp_N_T, batch.old_logp_N_T, adv,
+        logp, batch.old_logp_N_T, adv,
         clip_low=cfg.clip_low, clip_high=cfg.clip_high, dual_clip=cfg.dual_clip, mask_N_T=loss_mask_N_T,
     )  # fmt: skip
     loss = aggregate(sur.loss_N_T, loss_mask_N_T, cfg.agg, global_denominator=denom)
-    return LossOutput(
-        loss, sur.loss_N_T, surrogate_metrics(sur, out.logp_N_T, batch.old_logp_N_T, loss_mask_N_T)
-    )
+    return LossOutput(loss, sur.loss_N_T, surrogate_metrics(sur, logp, batch.old_logp_N_T, loss_mask_N_T))
 
 
 class Grpo(Method):

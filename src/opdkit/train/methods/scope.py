@@ -27,7 +27,7 @@ from opdkit.core.objectives import ClipConfig, ScopeDenominators, ScopeInputs, s
 from opdkit.core.registry import Registry
 from opdkit.core.weights import SCOPE_SIGN_PRESETS, ScopeWeights, scope_weights
 from opdkit.train.batch import Prepared, StepBatch
-from opdkit.train.forward import student_forward
+from opdkit.train.forward import policy_logp
 from opdkit.train.methods.base import Method, MethodConfig, MethodContext, weight_stats
 from opdkit.train.methods.policy import score_with_teacher, teacher_metrics
 
@@ -134,10 +134,10 @@ class Scope(Method):
         return {"pg": d.pg, "mle": d.mle}
 
     def loss(self, cfg: ScopeConfig, batch, prepared, denoms, ctx):
-        out = student_forward(ctx.student, batch, ctx.temperature)
+        logp = policy_logp(ctx.student, batch, ctx.temperature, hidden=ctx.hidden_states)
         weights = ScopeWeights(prepared.rows["w_student_N"], prepared.rows["w_teacher_N"])
         return scope_loss(
-            self._inputs(batch, prepared, out.logp_N_T),
+            self._inputs(batch, prepared, logp),
             weights,
             clip=ClipConfig(cfg.clip_low, cfg.clip_high, cfg.dual_clip),
             agg=cfg.agg,

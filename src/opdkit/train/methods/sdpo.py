@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from opdkit.core.chunked import ChunkSettings, DivergenceSpec, LossWeighting, chunked_distillation_loss
 from opdkit.core.divergences import distillation_token_loss, sampled_token_distill_loss
 from opdkit.core.groups import group_index, group_mean
 from opdkit.core.losses import (
@@ -31,7 +32,14 @@ from opdkit.core.sequence import left_pad, token_logp
 from opdkit.core.weights import hard_filter_weights, paced_weights, pass_rate_weights
 from opdkit.teachers.self_teacher import RolloutTexts, build_teacher_context
 from opdkit.train.batch import Prepared, StepBatch
-from opdkit.train.forward import PolicyOutput, self_teacher_logits, student_forward
+from opdkit.train.forward import (
+    PolicyOutput,
+    self_teacher_hidden,
+    self_teacher_logits,
+    student_forward,
+    student_inputs,
+    use_hidden,
+)
 from opdkit.train.methods.base import Method, MethodConfig, MethodContext, weight_stats
 
 
@@ -145,6 +153,8 @@ class Sdpo(Method):
         return {"agg": d}
 
     def loss(self, cfg: SdpoConfig, batch, prepared, denoms, ctx) -> LossOutput:
+        if cfg.full_logit and use_hidden(ctx.student, ctx.hidden_states):
+            return self._chunked_loss(cfg, batch, prepared, denoms, ctx)
         out = student_forward(ctx.student, batch, ctx.temperature)
         teacher_logits = self_teacher_logits(
             ctx.self_teacher, ctx.student, prepared.rows, batch, ctx.temperature
@@ -159,6 +169,31 @@ class Sdpo(Method):
             global_denominator=denoms["agg"],
         )
         return result
+
+    def _chunked_loss(self, cfg: SdpoConfig, batch, prepared, denoms, ctx) -> LossOutput:
+        """The same loss from hidden states, a chunk of tokens at a time (``core.chunked``, issue 8)."""
+        rows = prepared.rows
+        weighting = LossWeighting(
+            rows["loss_mask_N_T"],
+            weight_N_T=rows.get("question_weight_N"),
+            old_logp_N_T=batch.old_logp_N_T if cfg.is_clip is not None else None,
+            is_clip=cfg.is_clip,
+            aggregation=DistillAggregation(cfg.agg, cfg.denominator),
+            global_denominator=denoms["agg"],
+        )
+        out = chunked_distillation_loss(
+            student_inputs(ctx.student, batch, all_tokens=False),
+            self_teacher_hidden(ctx.self_teacher, ctx.student, rows, batch),
+            weighting,
+            chunk_settings(cfg, ctx),
+        )
+        return out.as_loss_output()
+
+
+def chunk_settings(cfg: SdpoConfig, ctx: MethodContext) -> ChunkSettings:
+    return ChunkSettings(
+        temperature=ctx.temperature, divergence=DivergenceSpec(cfg.alpha, cfg.top_k, cfg.tail)
+    )
 
 
 def _per_row(weights_P: torch.Tensor, batch: StepBatch) -> torch.Tensor:
