@@ -111,9 +111,13 @@ def save_pretrained_atomic(model: Any, tokenizer: Any, path: str | os.PathLike) 
     An existing folder at ``path`` is replaced only once the new one is complete, so a crash never leaves a
     half-written model where a loader would find it.
     """
+    from transformers.utils import logging as hf_logging
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a "Writing model shards" bar per tiny save would flood the logs
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
@@ -127,6 +131,9 @@ def save_pretrained_atomic(model: Any, tokenizer: Any, path: str | os.PathLike) 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     return path
 
 
