@@ -35,17 +35,13 @@ def _fail(message: str) -> None:
 
 
 def _resolve_config_path(config: str) -> str:
-    """A path, or the name of a packaged preset (``scope``, ``paper/sc_sdpo``)."""
-    from pathlib import Path
+    """A path, or the name of a packaged preset (``tiny/scope``, ``paper/sc_sdpo``)."""
+    from opdkit.train.config import ConfigError, resolve_preset
 
-    if Path(config).is_file():
-        return config
-    packaged = Path(__file__).parent / "configs" / f"{config.removesuffix('.yaml')}.yaml"
-    if packaged.is_file():
-        return str(packaged)
-    names = sorted(str(p.relative_to(packaged.parent.parent if "/" in config else packaged.parent))
-                   for p in (Path(__file__).parent / "configs").rglob("*.yaml"))  # fmt: skip
-    _fail(f"config {config!r} is neither a file nor a packaged preset; presets: {', '.join(names)}")
+    try:
+        return resolve_preset(config)
+    except ConfigError as exc:
+        _fail(str(exc))
     return config
 
 

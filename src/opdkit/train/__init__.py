@@ -1,7 +1,7 @@
 """Training: the config, the methods registry and the one training loop.
 
 from opdkit.train import load_config, train
-result = train(load_config("configs/scope.yaml", ["steps=20"]), "runs/scope")
+result = train(load_config("tiny/scope", ["steps=20"]), "runs/scope")
 """
 
 from opdkit.train.config import TrainConfig, config_from_dict, load_config

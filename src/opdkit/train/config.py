@@ -2,9 +2,10 @@
 
 Sections: ``model``, ``data``, ``rollout``, ``optim``, ``teacher`` (external teacher for OPD/SCOPE),
 ``self_teacher`` (SDPO family and SRPO), ``method`` (its parameters depend on ``method.name``; see
-``opdkit.train.methods``), ``eval``, ``warmstart`` and run-level keys. Presets live in ``configs/*.yaml``.
+``opdkit.train.methods``), ``eval``, ``warmstart`` and run-level keys.
+Presets live in ``configs/{tiny,paper}/*.yaml``.
 
-    cfg = load_config("configs/scope.yaml", ["rollout.n=8", "method.tau=0.5"])
+    cfg = load_config("tiny/scope", ["rollout.n=8", "method.tau=0.5"])  # a preset name or a YAML path
 
 ``opdkit train --help-config`` prints every key with its default and documentation.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from opdkit.models import TinyModelConfig
@@ -199,8 +201,25 @@ def config_from_dict(raw: Mapping[str, Any], overrides: Sequence[str] = ()) -> T
     return from_dict(TrainConfig, apply_overrides(dict(raw), overrides))
 
 
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def resolve_preset(config: str) -> str:
+    """A YAML path as given, or a packaged preset's path from its name (``tiny/scope``, ``paper/sc_sdpo``)."""
+    if Path(config).is_file():
+        return config
+    packaged = PRESETS_DIR / f"{config.removesuffix('.yaml')}.yaml"
+    if packaged.is_file():
+        return str(packaged)
+    names = sorted(str(p.relative_to(PRESETS_DIR).with_suffix("")) for p in PRESETS_DIR.rglob("[!_]*.yaml"))
+    raise ConfigError(
+        f"config {config!r} is neither a file nor a packaged preset; presets: {', '.join(names)}"
+    )
+
+
 def load_config(path: str | None, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Load a YAML preset (or start from defaults when ``path`` is None) and apply overrides."""
+    """Load a YAML file or packaged preset (``resolve_preset``; defaults if ``path`` is None) + overrides."""
+    path = resolve_preset(path) if path else None
     raw = load_yaml(path) if path else {}
     try:
         return config_from_dict(raw, overrides)

@@ -54,10 +54,6 @@ class DemoResult:
     seconds: float = 0.0
 
 
-def _preset(method: str) -> str:
-    return str(Path(__file__).resolve().parents[1] / "configs" / "tiny" / f"{method}.yaml")
-
-
 def _run_one(method: str, seed: int, overrides: Sequence[str], out_dir: str) -> dict[str, Any]:
     """One training run in a worker process -> its metrics rows (a picklable summary)."""
     import torch
@@ -66,7 +62,7 @@ def _run_one(method: str, seed: int, overrides: Sequence[str], out_dir: str) -> 
     from opdkit.train.loop import train
 
     torch.set_num_threads(1)
-    cfg = load_config(_preset(method), [f"seed={seed}", *overrides])
+    cfg = load_config(f"tiny/{method}", [f"seed={seed}", *overrides])
     run_dir = Path(out_dir) / f"{method}-seed{seed}"
     start = time.perf_counter()
     result = train(cfg, run_dir, overwrite=True)
@@ -92,7 +88,7 @@ def _prepare(plan: DemoPlan, log: Any) -> None:
 
     torch.set_num_threads(1)
     start = time.perf_counter()
-    load_models(load_config(_preset(plan.methods[0]), list(plan.overrides)), resolve_device("cpu"))
+    load_models(load_config(f"tiny/{plan.methods[0]}", list(plan.overrides)), resolve_device("cpu"))
     log(f"warm start ready ({time.perf_counter() - start:.0f} s)")
 
 

@@ -14,7 +14,7 @@ Each step (DESIGN.md "The training loop"):
 Usage::
 
     from opdkit.train import load_config, train
-    result = train(load_config("configs/sc_sdpo.yaml", ["steps=20"]), "runs/sc_sdpo")
+    result = train(load_config("tiny/sc_sdpo", ["steps=20"]), "runs/sc_sdpo")
 """
 
 from __future__ import annotations
