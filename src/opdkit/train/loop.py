@@ -4,7 +4,8 @@ Each step (DESIGN.md "The training loop"):
 
 1. draw Q questions (each gets a fresh group id);
 2. roll out G responses per question with the current student;
-3. verify them (reward, extracted answer, feedback) and recompute the old log-probs;
+3. verify them (reward, extracted answer, feedback) and recompute the old log-probs (skipped when the step
+   makes one update and the method needs them only in its loss, where they equal the current ones);
 4. ``method.prepare``: teacher scoring (external teacher, or the self-teacher's reprompted context) and the
    method's weights / advantages;
 5. ``run_updates``: loss, optimizer step(s), EMA self-teacher update — skipped when the method says the step
@@ -129,6 +130,8 @@ def train(
             logprob_temperature=logprob_t,
             micro_batch_size=cfg.optim.micro_batch_size,
             hidden_states=cfg.model.hidden_state_losses,
+            # one update per step: the loss's current log-probs are the old ones (§2.2), no extra forward
+            old_logprobs=cfg.optim.mini_batches > 1 or method.needs_old_logp(cfg.method),
         )
         rollouts = collect_rollouts(models.student, models.tokenizer, data, verifiers, request)
         t1 = time.perf_counter()
