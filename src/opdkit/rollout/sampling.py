@@ -9,6 +9,12 @@ the first EOS; padding after it is 0.
 The sampler's log-prob of each chosen token is ``log_softmax(raw_logits / T)`` at that token (before top-k /
 top-p filtering, the same quantity the trainer recomputes, §0), recorded one step at a time by a logits
 processor, so no (N, L, V) tensor is kept. Greedy decoding (T = 0) reports log_softmax(raw logits).
+``SamplingParams(logprobs=False)`` skips the recording (an (N, V) log-softmax per generated token).
+
+Each prompt is prefilled once, not G times: the key/value cache of its first P−1 columns is computed for the
+distinct prompts and repeated for their G samples, and ``generate`` continues from it (the same tokens and
+log-probs as a prefill of every copy; only rounding differs). Models whose cache is not a plain full-attention
+``DynamicCache`` are prefilled by ``generate`` itself.
 
     params = SamplingParams(n=8, temperature=1.0, max_new_tokens=16)
     batch = sample(model, tok, encode_chats(tok, [row["prompt"] for row in rows]), params, seed=0)
@@ -23,18 +29,21 @@ from typing import Any
 
 import torch
 
-from opdkit.rollout.padding import pad_sequences
+from opdkit.rollout.logprobs import position_ids_from_mask
+from opdkit.rollout.padding import Padded, pad_sequences
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """n: samples per prompt (G); temperature 0 = greedy; top_k 0 and top_p 1.0 = off."""
+    """n: samples per prompt (G); temperature 0 = greedy; top_k 0 and top_p 1.0 = off; logprobs: record the
+    sampler's log-prob of each chosen token (``Rollout.sampler_logp_N_L``)."""
 
     n: int = 1
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
     max_new_tokens: int = 64
+    logprobs: bool = True
 
     def __post_init__(self) -> None:
         if self.n < 1 or self.max_new_tokens < 1:
@@ -50,7 +59,8 @@ class Rollout:
     """N = prompts × n sequences; P prompt columns (left-padded), L response columns (right-padded).
 
     prompt_ids_N_P, prompt_mask_N_P: int64; response_ids_N_L, response_mask_N_L: int64 (EOS inside the mask);
-    sampler_logp_N_L: float32 log_softmax(raw_logits / T) of each chosen token, 0.0 at padding;
+    sampler_logp_N_L: float32 log_softmax(raw_logits / T) of each chosen token, 0.0 at padding (None when
+    ``SamplingParams.logprobs`` is False);
     truncated_N: bool, no EOS within max_new_tokens; group_ids_N: int64, equal within a prompt's group;
     texts: the decoded responses (special tokens skipped).
     """
@@ -59,7 +69,7 @@ class Rollout:
     prompt_mask_N_P: torch.Tensor
     response_ids_N_L: torch.Tensor
     response_mask_N_L: torch.Tensor
-    sampler_logp_N_L: torch.Tensor
+    sampler_logp_N_L: torch.Tensor | None
     truncated_N: torch.Tensor
     group_ids_N: torch.Tensor
     texts: list[str]
@@ -121,11 +131,13 @@ def sample(
     *,
     seed: int | None = None,
     first_group_id: int = 0,
+    share_prompts: bool = True,
 ) -> Rollout:
     """Sample ``params.n`` responses for each prompt (unpadded id lists); see the module docstring.
 
     With ``seed`` the sampling is reproducible and the caller's global RNG state is left untouched; without it
     the global torch RNG is used (and advanced). Group ids are ``first_group_id + prompt index``.
+    ``share_prompts=False`` lets ``generate`` prefill every copy of a prompt (the reference behaviour).
     """
     from transformers import GenerationConfig, LogitsProcessorList
 
@@ -147,10 +159,11 @@ def sample(
         return_dict_in_generate=True,
         use_cache=True,
     )
-    recorder = _ChosenTokenLogprobs(params.temperature, ids_N_P.shape[1])
+    recorder = _ChosenTokenLogprobs(params.temperature, ids_N_P.shape[1]) if params.logprobs else None
     was_training = model.training
     model.eval()
     try:
+        cache = _shared_prefill(model, prompts, params.n) if share_prompts else None
         with torch.random.fork_rng(devices=_cuda_devices(device), enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
@@ -158,15 +171,46 @@ def sample(
                 input_ids=ids_N_P,
                 attention_mask=mask_N_P,
                 generation_config=config,
-                logits_processor=LogitsProcessorList([recorder]),
+                logits_processor=LogitsProcessorList([recorder] if recorder is not None else []),
+                **({"past_key_values": cache} if cache is not None else {}),
             )
     finally:
         model.train(was_training)
     response_ids_N_L = out.sequences[:, ids_N_P.shape[1] :]
-    recorder.collect(out.sequences)  # the last step's chosen token
+    if recorder is not None:
+        recorder.collect(out.sequences)  # the last step's chosen token
     return _assemble(
         tokenizer, _eos_ids(model, tokenizer), ids_N_P, mask_N_P, response_ids_N_L, recorder, group_ids_N
     )
+
+
+def is_plain_cache(cache: Any) -> bool:
+    """A ``DynamicCache`` of full-attention ``DynamicLayer``s only: its rows can be copied by indexing."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    return type(cache) is DynamicCache and bool(layers) and all(type(la) is DynamicLayer for la in layers)
+
+
+def _shared_prefill(model: Any, prompts: Padded, n: int) -> Any:
+    """The cache of every prompt's first P−1 columns, computed once per distinct prompt and repeated for its
+    n samples (``generate`` then runs the last prompt column and samples), or None when there is nothing to
+    share or the cache is not plain. Every prefilled row holds a real token (prompts of length >= 2)."""
+    width = prompts.ids_N_T.shape[1]
+    if n == 1 or width < 2 or int(prompts.mask_N_T.sum(-1).min()) < 2:
+        return None
+    device = next(model.parameters()).device
+    ids_Q_S = prompts.ids_N_T[:, : width - 1].to(device)
+    mask_Q_S = prompts.mask_N_T[:, : width - 1].to(device)
+    out = model(
+        input_ids=ids_Q_S, attention_mask=mask_Q_S, position_ids=position_ids_from_mask(mask_Q_S),
+        use_cache=True, logits_to_keep=1,
+    )  # fmt: skip
+    cache = out.past_key_values
+    if not is_plain_cache(cache):
+        return None
+    cache.batch_repeat_interleave(n)  # rows of a group are contiguous (repeat_interleave), as ids_N_P
+    return cache
 
 
 def _cuda_devices(device: torch.device) -> list[int]:
@@ -179,11 +223,11 @@ def _assemble(
     ids_N_P: torch.Tensor,
     mask_N_P: torch.Tensor,
     response_ids_N_L: torch.Tensor,
-    recorder: _ChosenTokenLogprobs,
+    recorder: _ChosenTokenLogprobs | None,
     group_ids_N: torch.Tensor,
 ) -> Rollout:
     mask_N_L, truncated_N = _response_mask(response_ids_N_L, eos_ids)
-    logp_N_L = torch.stack(recorder.logps, dim=1) * mask_N_L.float()
+    logp_N_L = None if recorder is None else torch.stack(recorder.logps, dim=1) * mask_N_L.float()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     response_ids_N_L = response_ids_N_L.masked_fill(mask_N_L == 0, pad_id)
     texts = tokenizer.batch_decode(
@@ -194,7 +238,7 @@ def _assemble(
         prompt_mask_N_P=mask_N_P.cpu(),
         response_ids_N_L=response_ids_N_L.cpu(),
         response_mask_N_L=mask_N_L.cpu(),
-        sampler_logp_N_L=logp_N_L.cpu(),
+        sampler_logp_N_L=None if logp_N_L is None else logp_N_L.cpu(),
         truncated_N=truncated_N.cpu(),
         group_ids_N=group_ids_N,
         texts=texts,

@@ -202,6 +202,7 @@ def _params(cfg: TrainConfig, *, n: int | None = None, temperature: float | None
         top_p=r.top_p,
         top_k=r.top_k,
         max_new_tokens=r.max_new_tokens,
+        logprobs=False,  # the loop recomputes log-probs with the trainer's forward (§0), never the sampler's
     )
 
 
