@@ -8,6 +8,8 @@ that load from other jobs on the shared machine falls on every case alike):
     trl_grpo      trl.GRPOTrainer(...).train()
     opdkit_sdpo   opdkit.train.train with method.name=sdpo
     trl_sdpo      trl.experimental.sdpo.SDPOTrainer(...).train()
+    base_grpo     with ``--base-src DIR``: opdkit imported from another source tree (e.g. an earlier commit,
+    base_sdpo     ``git archive <commit> src | tar -x -C /tmp/base``), to measure a change in the same run
 
 The same work in both frameworks:
 
@@ -38,7 +40,8 @@ and samples its own responses (the rewards, hence which rows have a teacher cont
 Timing: wall time between the ends of consecutive steps (opdkit: its ``progress`` callback, called after a
 step's metrics are written; TRL: a ``TrainerCallback.on_step_end``), so everything the loop does once per
 step counts. The first ``--warmup`` steps of each process are dropped; the table gives the median over all
-measured steps of all rounds. ``--profile CASE`` runs one case in this process under cProfile (measured
+measured steps of all rounds. Each case also checks that every step ran on one intra-op thread and made an
+update. ``--profile CASE`` runs one case in this process under cProfile (measured
 steps only) and prints where the time goes.
 
 Commands (TRL only in the separate benchmark environment; see RESULTS.md):
@@ -142,8 +145,10 @@ class StepClock:
         self.checks: list[dict[str, float]] = []
 
     def tick(self, check: dict[str, float]) -> None:
+        import torch
+
         self.ends.append(time.perf_counter())
-        self.checks.append(check)
+        self.checks.append({**check, "threads": torch.get_num_threads()})
         if self.profiler is not None and len(self.ends) == self.warmup:
             self.profiler.enable()
         if self.profiler is not None and len(self.ends) == self.steps:
@@ -237,21 +242,25 @@ def run_case(case: str, root: Path, bench: Bench, profiler: Any = None) -> dict[
     register_verifier()
     framework, method = case.split("_", 1)
     clock = StepClock(bench.warmup, bench.steps, profiler)
-    (run_opdkit if framework == "opdkit" else run_trl)(method, root, bench, clock)
+    (run_trl if framework == "trl" else run_opdkit)(method, root, bench, clock)
     lengths = {c.get("length") for c in clock.checks}
     if lengths != {float(bench.max_new_tokens)}:
         raise RuntimeError(f"{case}: response lengths {lengths}, expected all {bench.max_new_tokens}")
+    if {c["threads"] for c in clock.checks} != {1} or {c.get("updated", 1.0) for c in clock.checks} != {1.0}:
+        raise RuntimeError(f"{case}: not one thread and one update every step: {clock.checks}")
     return {"case": case, "durations": clock.durations(), "checks": clock.checks}
 
 
 # ------------------------------------------------------------------------------------------ the driver
 
 
-def run_in_subprocess(case: str, root: Path, bench: Bench) -> dict[str, Any]:
+def run_in_subprocess(case: str, root: Path, bench: Bench, base_src: str) -> dict[str, Any]:
     bench_json = json.dumps(asdict(bench))
     cmd = [sys.executable, __file__, "--worker", case, "--root", str(root), "--bench", bench_json]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "TRL_EXPERIMENTAL_SILENCE": "1", "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
+    if case.startswith("base_"):  # another opdkit source tree (e.g. an earlier commit) on the same inputs
+        env["PYTHONPATH"] = base_src
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{case} failed:\n{proc.stderr[-4000:]}")
@@ -273,15 +282,18 @@ def summarise(results: dict[str, list[list[float]]], bench: Bench) -> list[dict[
 def print_table(rows: list[dict[str, Any]], bench: Bench) -> None:
     by_case = {r["case"]: r for r in rows}
     print(f"# {bench}")
-    print("| case | median s/step | steps/s | per-round medians (s) | steps | opdkit / TRL steps/s |")
-    print("|---|---|---|---|---|---|")
+    print("| case | median s/step | steps/s | per-round medians (s) | steps | steps/s ÷ TRL's | ÷ base's |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         framework, method = r["case"].split("_", 1)
-        other = by_case.get(f"trl_{method}")
-        ratio = f"{r['steps_per_s'] / other['steps_per_s']:.2f}" if framework == "opdkit" and other else ""
+        ratios = []
+        for ref in ("trl", "base"):
+            other = by_case.get(f"{ref}_{method}")
+            mine = framework not in ("trl", ref) and other is not None
+            ratios.append(f"{r['steps_per_s'] / other['steps_per_s']:.2f}" if mine else "")
         rounds = ", ".join(f"{m:.3f}" for m in r["round_medians_s"])
         print(f"| {r['case']} | {r['median_s']:.3f} | {r['steps_per_s']:.2f} | {rounds} | {r['steps']} | "
-              f"{ratio} |")  # fmt: skip
+              f"{ratios[0]} | {ratios[1]} |")  # fmt: skip
 
 
 def profile_case(case: str, root: Path, bench: Bench, top: int) -> None:
@@ -303,6 +315,9 @@ def main() -> None:
         ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument(
+        "--base-src", default="", help="also run base_grpo/base_sdpo with opdkit from this src dir"
+    )
     ap.add_argument("--json", default="")
     ap.add_argument("--profile", default="", help="run one case in-process under cProfile")
     ap.add_argument("--top", type=int, default=45)
@@ -321,12 +336,12 @@ def main() -> None:
         if a.profile:
             profile_case(a.profile, root, bench, a.top)
             return
-        cases = a.cases.split(",")
+        cases = a.cases.split(",") + (["base_grpo", "base_sdpo"] if a.base_src else [])
         results: dict[str, list[list[float]]] = {c: [] for c in cases}
         for r in range(a.rounds):
             order = cases[r % len(cases) :] + cases[: r % len(cases)]
             for case in order:
-                out = run_in_subprocess(case, root, bench)
+                out = run_in_subprocess(case, root, bench, a.base_src)
                 results[case].append(out["durations"])
                 print(f"round {r + 1} {case}: median {statistics.median(out['durations']):.3f} s/step",
                       file=sys.stderr, flush=True)  # fmt: skip
