@@ -237,6 +237,7 @@ def _save(run, step, models, optim, sampler, ctx, teacher_failures, keep) -> Non
         "paced_weights_D": ctx.paced_weights_D,
     }
     teacher_state = ctx.self_teacher.state_dict() if ctx.self_teacher is not None else {}
+    run.sync()  # the metrics of every step up to this checkpoint survive a machine crash with it
     save_checkpoint(
         run.path, step, CheckpointParts(models.student, models.tokenizer, teacher_state, state), keep=keep
     )
