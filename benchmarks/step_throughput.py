@@ -296,6 +296,54 @@ def print_table(rows: list[dict[str, Any]], bench: Bench) -> None:
               f"{ratios[0]} | {ratios[1]} |")  # fmt: skip
 
 
+# Where the time goes: (label, file path suffix, function name) of the functions whose cumulative time is
+# reported per step by --profile. Indented labels are parts of the label above them.
+PHASES = {
+    "opdkit": [
+        ("rollouts (sample, verify, old log-probs)", "opdkit/train/rollouts.py", "collect_rollouts"),
+        ("  HF generate", "transformers/generation/utils.py", "generate"),
+        ("  shared prompt prefill", "opdkit/rollout/sampling.py", "_shared_prefill"),
+        ("  old log-probs forward", "opdkit/train/forward.py", "old_logprobs"),
+        ("prepare (advantages / teacher prompts)", "opdkit/train/methods/", "prepare"),
+        ("updates (run_updates)", "opdkit/train/update.py", "run_updates"),
+        ("  loss: student forward", "opdkit/train/forward.py", "student_inputs"),
+        ("  loss: self-teacher forward", "opdkit/train/forward.py", "self_teacher_hidden"),
+        ("  loss: chunked divergence", "opdkit/core/chunked.py", "chunked_distillation_loss"),
+        ("  loss: chunked log-probs", "opdkit/core/chunked.py", "chunked_token_logp"),
+        ("  backward", "torch/_tensor.py", "backward"),
+        ("  optimizer step", "torch/optim/adam.py", "step"),
+        ("  EMA teacher update", "opdkit/teachers/self_teacher.py", "update"),
+        ("metrics row written", "opdkit/train/rundir.py", "log"),
+    ],
+    "trl": [
+        ("rollouts (generate, rewards, advantages, teacher prompts)", "trl/", "_prepare_inputs"),
+        ("  HF generate", "transformers/generation/utils.py", "generate"),
+        ("  rewards", "trl/", "_calculate_rewards"),
+        ("  teacher prompts", "trl/experimental/sdpo/sdpo_trainer.py", "build"),
+        ("compute_loss", "trl/", "compute_loss"),
+        ("  student/teacher forwards", "trl/experimental/sdpo/sdpo_trainer.py", "_forward_logits"),
+        ("  policy forward (log-probs)", "trl/trainer/grpo_trainer.py", "_get_per_token_logps_and_entropies"),
+        ("  distillation loss", "trl/experimental/sdpo/sdpo_trainer.py", "_compute_self_distillation_loss"),
+        ("backward", "torch/_tensor.py", "backward"),
+        ("optimizer step", "torch/optim/adam.py", "step"),
+        ("EMA teacher sync", "trl/experimental/sdpo/teacher_sync.py", "on_step_end"),
+        ("logging", "transformers/trainer.py", "_maybe_log_save_evaluate"),
+    ],
+}
+
+
+def phase_table(stats: Any, framework: str, steps: int, step_s: float) -> None:
+    """Cumulative seconds per step of each ``PHASES`` entry found in the profile (functions called
+    recursively are counted once, at their outermost call)."""
+    print(f"| phase | s/step | share of the profiled step ({step_s:.3f} s) |")
+    print("|---|---|---|")
+    for label, path, name in PHASES["trl" if framework == "trl" else "opdkit"]:
+        hits = [v[3] for (file, _, func), v in stats.stats.items() if func == name and path in file]
+        if hits:
+            per_step = sum(hits) / steps
+            print(f"| {label} | {per_step:.4f} | {100 * per_step / step_s:.0f} % |")
+
+
 def profile_case(case: str, root: Path, bench: Bench, top: int) -> None:
     import cProfile
     import pstats
@@ -303,10 +351,13 @@ def profile_case(case: str, root: Path, bench: Bench, top: int) -> None:
     profiler = cProfile.Profile()
     result = run_case(case, root, bench, profiler)
     steps = len(result["durations"])
-    print(f"{case}: median {statistics.median(result['durations']):.3f} s/step over {steps} steps")
+    step_s = statistics.median(result["durations"])
+    print(f"{case}: median {step_s:.3f} s/step over {steps} profiled steps ({bench})")
     stats = pstats.Stats(profiler)
-    stats.sort_stats("cumulative").print_stats(top)
-    stats.sort_stats("tottime").print_stats(top)
+    phase_table(stats, case.split("_", 1)[0], steps, step_s)
+    if top:
+        stats.sort_stats("cumulative").print_stats(top)
+        stats.sort_stats("tottime").print_stats(top)
 
 
 def main() -> None:
@@ -320,7 +371,7 @@ def main() -> None:
     )
     ap.add_argument("--json", default="")
     ap.add_argument("--profile", default="", help="run one case in-process under cProfile")
-    ap.add_argument("--top", type=int, default=45)
+    ap.add_argument("--top", type=int, default=0, help="with --profile: also print the top N functions")
     ap.add_argument("--worker", default="", help=argparse.SUPPRESS)
     ap.add_argument("--root", default="", help=argparse.SUPPRESS)
     ap.add_argument("--bench", default="", help=argparse.SUPPRESS)
