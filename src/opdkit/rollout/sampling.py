@@ -11,10 +11,9 @@ top-p filtering, the same quantity the trainer recomputes, §0), recorded one st
 processor, so no (N, L, V) tensor is kept. Greedy decoding (T = 0) reports log_softmax(raw logits).
 ``SamplingParams(logprobs=False)`` skips the recording (an (N, V) log-softmax per generated token).
 
-Each prompt is prefilled once, not G times: the key/value cache of its first P−1 columns is computed for the
-distinct prompts and repeated for their G samples, and ``generate`` continues from it (the same tokens and
-log-probs as a prefill of every copy; only rounding differs). Models whose cache is not a plain full-attention
-``DynamicCache`` are prefilled by ``generate`` itself.
+``generate`` gets a key/value cache from ``rollout.kvcache``: each prompt prefilled once for its G samples,
+and new tokens written in place rather than appended by re-copying the cache (the same tokens and log-probs;
+only rounding differs). ``share_prompts=False`` prefills every copy, as ``generate`` alone does.
 
     params = SamplingParams(n=8, temperature=1.0, max_new_tokens=16)
     batch = sample(model, tok, encode_chats(tok, [row["prompt"] for row in rows]), params, seed=0)
@@ -29,8 +28,8 @@ from typing import Any
 
 import torch
 
-from opdkit.rollout.logprobs import position_ids_from_mask
-from opdkit.rollout.padding import Padded, pad_sequences
+from opdkit.rollout.kvcache import generation_cache
+from opdkit.rollout.padding import pad_sequences
 
 
 @dataclass(frozen=True)
@@ -137,7 +136,7 @@ def sample(
 
     With ``seed`` the sampling is reproducible and the caller's global RNG state is left untouched; without it
     the global torch RNG is used (and advanced). Group ids are ``first_group_id + prompt index``.
-    ``share_prompts=False`` lets ``generate`` prefill every copy of a prompt (the reference behaviour).
+    ``share_prompts=False`` prefills every copy of a prompt (the reference the tests compare with).
     """
     from transformers import GenerationConfig, LogitsProcessorList
 
@@ -163,7 +162,7 @@ def sample(
     was_training = model.training
     model.eval()
     try:
-        cache = _shared_prefill(model, prompts, params.n) if share_prompts else None
+        cache = generation_cache(model, prompts, params.n, params.max_new_tokens, share=share_prompts)
         with torch.random.fork_rng(devices=_cuda_devices(device), enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
@@ -182,35 +181,6 @@ def sample(
     return _assemble(
         tokenizer, _eos_ids(model, tokenizer), ids_N_P, mask_N_P, response_ids_N_L, recorder, group_ids_N
     )
-
-
-def is_plain_cache(cache: Any) -> bool:
-    """A ``DynamicCache`` of full-attention ``DynamicLayer``s only: its rows can be copied by indexing."""
-    from transformers.cache_utils import DynamicCache, DynamicLayer
-
-    layers = getattr(cache, "layers", None)
-    return type(cache) is DynamicCache and bool(layers) and all(type(la) is DynamicLayer for la in layers)
-
-
-def _shared_prefill(model: Any, prompts: Padded, n: int) -> Any:
-    """The cache of every prompt's first P−1 columns, computed once per distinct prompt and repeated for its
-    n samples (``generate`` then runs the last prompt column and samples), or None when there is nothing to
-    share or the cache is not plain. Every prefilled row holds a real token (prompts of length >= 2)."""
-    width = prompts.ids_N_T.shape[1]
-    if n == 1 or width < 2 or int(prompts.mask_N_T.sum(-1).min()) < 2:
-        return None
-    device = next(model.parameters()).device
-    ids_Q_S = prompts.ids_N_T[:, : width - 1].to(device)
-    mask_Q_S = prompts.mask_N_T[:, : width - 1].to(device)
-    out = model(
-        input_ids=ids_Q_S, attention_mask=mask_Q_S, position_ids=position_ids_from_mask(mask_Q_S),
-        use_cache=True, logits_to_keep=1,
-    )  # fmt: skip
-    cache = out.past_key_values
-    if not is_plain_cache(cache):
-        return None
-    cache.batch_repeat_interleave(n)  # rows of a group are contiguous (repeat_interleave), as ids_N_P
-    return cache
 
 
 def _cuda_devices(device: torch.device) -> list[int]:

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import torch
 
 from opdkit.core.sequence import pack, response_logits
+from opdkit.rollout.kvcache import is_plain_cache
 from opdkit.rollout.logprobs import position_ids_from_mask
-from opdkit.rollout.sampling import is_plain_cache
 
 
 @dataclass(frozen=True)
