@@ -152,3 +152,28 @@ def test_the_loop_computes_old_logprobs_for_off_policy_updates(overrides, tmp_pa
     row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert row["train/updates"] == 2.0
     assert abs(row["loss/approx_kl"]) > 1e-6
+
+
+def test_teacher_prompts_rendered_once_per_distinct_row_hold_each_row_s_demonstration(step_setup):
+    # Rows sharing question, demonstration and feedback share one rendering; each row still gets a prompt
+    # with a successful sibling's response (never its own) as the demonstration, or none in a failed group.
+    from opdkit.teachers.self_teacher import RolloutTexts, build_teacher_context
+
+    _, batch, ctx = step_setup("sdpo", MIXED)
+    texts = RolloutTexts(
+        batch.messages,
+        batch.response_texts,
+        batch.success_N.tolist(),
+        batch.feedback,
+        batch.group_ids_N.tolist(),
+    )
+    context = build_teacher_context(ctx.tokenizer, texts, ctx.self_teacher_options)
+    assert len({id(ids) for ids in context.prompt_ids}) == batch.n  # separate lists, safe to modify
+    for i, ids in enumerate(context.prompt_ids):
+        text = ctx.tokenizer.decode(ids)
+        group = range(4 * (i // 4), 4 * (i // 4) + 4)
+        demos = [
+            j for j in group if j != i and MIXED[j] and f"solution:\n\n{batch.response_texts[j]}" in text
+        ]
+        assert batch.messages[i][-1]["content"] in text
+        assert bool(demos) == bool(context.sd_mask_N[i]) == any(MIXED[j] for j in group if j != i)
