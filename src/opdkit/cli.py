@@ -149,6 +149,21 @@ def plot(
 
 
 @app.command()
+def demo(
+    quick: bool = typer.Option(False, help="About 3 minutes: fewer steps and a smaller evaluation."),
+    output: str = typer.Option("runs/demo", "--output", "-o", help="Where the runs, plots and table go."),
+    workers: int = typer.Option(None, help="Runs at once (default: the number of cores, at most 4)."),
+) -> None:
+    """Warm-start a tiny teacher and student, train opd vs scope and sdpo vs sc_sdpo (2 seeds), compare."""
+    from opdkit.train.demo import DemoPlan, run_demo
+
+    result = run_demo(output, DemoPlan.standard(quick=quick, workers=workers), log=typer.echo)
+    typer.echo("")
+    typer.echo(result.table)
+    typer.echo(f"\nwall time {result.seconds:.0f} s; runs, plots and summary.md under {result.out_dir}")
+
+
+@app.command()
 def methods() -> None:
     """List the registered methods with one line each."""
     from opdkit.train.methods import METHODS

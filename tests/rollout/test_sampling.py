@@ -95,6 +95,25 @@ def test_sampler_logprobs_equal_teacher_forced_recomputation(tok, model, prompts
     torch.testing.assert_close(recomputed, out.sampler_logp_N_L, atol=1e-4, rtol=1e-4)
 
 
+def test_the_model_generation_config_does_not_leak_into_sampling(tok, prompts):
+    # A checkpoint's own generation defaults (a repetition penalty, top-k) must not alter the distribution
+    # that sample() promises, nor be lost after the call.
+    from transformers import GenerationConfig
+
+    model = build_tiny_model(TINY, tok, seed=1)
+    model.generation_config = GenerationConfig(repetition_penalty=1.5, top_k=3, eos_token_id=tok.eos_token_id)
+    params = SamplingParams(n=4, temperature=1.0, max_new_tokens=12)
+    out = sample(model, tok, prompts, params, seed=0)
+    with torch.no_grad():
+        recomputed = response_logprobs(
+            model, out.prompt_ids_N_P, out.prompt_mask_N_P, out.response_ids_N_L, out.response_mask_N_L
+        )
+    torch.testing.assert_close(recomputed, out.sampler_logp_N_L, atol=1e-4, rtol=1e-4)
+    # Untruncated top-k would keep 3 tokens per step: with V = 103 the sampled tokens would then be few.
+    assert len(set(out.response_ids_N_L.flatten().tolist())) > 10
+    assert model.generation_config.repetition_penalty == 1.5 and model.generation_config.top_k == 3
+
+
 def test_greedy_decoding_is_deterministic_without_a_seed(tok, model, prompts):
     params = SamplingParams(n=2, temperature=0.0, max_new_tokens=8)
     a, b = sample(model, tok, prompts, params), sample(model, tok, prompts, params)

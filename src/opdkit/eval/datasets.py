@@ -26,18 +26,25 @@ class TaskSource:
     train_size: int = 2000
     eval_size: int = 100
     seed: int = 0
+    instruction: bool = True
 
 
 def task_examples(task: TaskSource, split: str) -> list[Example]:
     """The task's train or eval split as Examples (problem ids are stable for a given seed and size)."""
-    spec = TaskSpec(task=task.name, difficulty=task.difficulty, style=task.style)
+    spec = TaskSpec(
+        task=task.name, difficulty=task.difficulty, style=task.style, instruction=task.instruction
+    )
     splits = generate_splits(spec, task.train_size, task.eval_size, task.seed)
     problems = {"train": splits.train, "eval": splits.test}
     if split not in problems:
         raise ValueError(f"unknown split {split!r}; valid: train, eval")
-    prefix = f"{spec.task}-{split}"
-    records = [make_row(spec, p, f"{prefix}-{i}") for i, p in enumerate(problems[split])]
-    return examples_from_records(records, source=f"task {task.name} ({split})")
+    return task_examples_from_problems(spec, problems[split], split)
+
+
+def task_examples_from_problems(spec: TaskSpec, problems: list, split: str) -> list[Example]:
+    """Examples (TRL-style rows, checked like a file) for given problems of a synthetic task."""
+    records = [make_row(spec, p, f"{spec.task}-{split}-{i}") for i, p in enumerate(problems)]
+    return examples_from_records(records, source=f"task {spec.task} ({split})")
 
 
 def resolve_examples(spec: str, split: str, task: TaskSource | None = None) -> list[Example]:

@@ -16,7 +16,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,20 @@ def tiny_config_dict(config: TinyModelConfig) -> dict[str, Any]:
     return asdict(config)
 
 
+@contextmanager
+def _progress_bars_off() -> Iterator[None]:
+    """Silence transformers' progress bars (one per tiny checkpoint saved or loaded would flood logs)."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
 def save_pretrained_atomic(model: Any, tokenizer: Any, path: str | os.PathLike) -> Path:
     """Save model (safetensors) and tokenizer into ``path`` atomically: a temp folder beside it, then rename.
 
@@ -115,7 +130,8 @@ def save_pretrained_atomic(model: Any, tokenizer: Any, path: str | os.PathLike) 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        with _progress_bars_off():
+            model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
@@ -147,5 +163,6 @@ def load_pretrained(path: str | os.PathLike, *, device: str = "cpu", dtype: str 
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: not a saved model folder (no config.json)")
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=getattr(torch, dtype))
+    with _progress_bars_off():
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=getattr(torch, dtype))
     return LoadedModel(model=model.to(device).eval(), tokenizer=tokenizer)

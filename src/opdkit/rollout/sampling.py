@@ -90,9 +90,8 @@ class _ChosenTokenLogprobs:
     (N, V) log-prob tensor is carried between calls.
     """
 
-    def __init__(self, temperature: float, prompt_width: int) -> None:
+    def __init__(self, temperature: float) -> None:
         self.temperature = temperature if temperature > 0 else 1.0
-        self.prompt_width = prompt_width
         self.pending_N_V: torch.Tensor | None = None
         self.logps: list[torch.Tensor] = []
 
@@ -159,7 +158,12 @@ def sample(
         use_cache=True,
     )
     recorder = _ChosenTokenLogprobs(params.temperature, ids_N_P.shape[1]) if params.logprobs else None
-    was_training = model.training
+    was_training, saved_config = model.training, model.generation_config
+    # generate() fills every field we leave unset from model.generation_config (a real checkpoint may carry a
+    # repetition penalty, top-k 20, ...), which would silently change the distribution; give it a clean one.
+    model.generation_config = GenerationConfig(
+        eos_token_id=config.eos_token_id, pad_token_id=pad_id, bos_token_id=saved_config.bos_token_id
+    )
     model.eval()
     try:
         cache = generation_cache(model, prompts, params.n, params.max_new_tokens, share=share_prompts)
@@ -175,6 +179,7 @@ def sample(
             )
     finally:
         model.train(was_training)
+        model.generation_config = saved_config
     response_ids_N_L = out.sequences[:, ids_N_P.shape[1] :]
     if recorder is not None:
         recorder.collect(out.sequences)  # the last step's chosen token

@@ -15,9 +15,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from opdkit.models import TinyModelConfig
+from opdkit.tasks import TaskSpec
+from opdkit.teachers.reprompt import RepromptTemplate
 from opdkit.teachers.self_teacher import SelfTeacherOptions
 from opdkit.train.configio import ConfigError, apply_overrides, doc, from_dict, load_yaml, section
 from opdkit.train.methods import METHODS, MethodConfig
+from opdkit.train.warmstart import FormatMix, ProbeConfig, WarmStartConfig
+from opdkit.train.warmstart import OptimConfig as SftOptimConfig
 
 
 @dataclass(frozen=True)
@@ -39,9 +44,19 @@ class ModelConfig:
 class TaskConfig:
     name: str = doc("addition", "synthetic task: addition, countdown or sorting")
     style: Literal["boxed", "mcq", "tool"] = doc("boxed", "answer style (selects the verifier family)")
-    difficulty: int = doc(3, "difficulty knob of the task (e.g. number of digits)")
-    train_size: int = doc(2000, "number of training problems generated")
-    eval_size: int = doc(100, "number of held-out problems generated (disjoint from training)")
+    difficulty: int | None = doc(2, "difficulty knob (addition: digits; countdown: numbers; sorting: length)")
+    instruction: bool = doc(False, "end each question with the style's format instruction")
+    train_size: int = doc(
+        2000, "training problems generated (with model.student=tiny: the warm start's pool)"
+    )
+    eval_size: int = doc(
+        100, "held-out problems generated (with model.student=tiny: the warm start's report set)"
+    )
+
+    def spec(self) -> TaskSpec:
+        return TaskSpec(
+            task=self.name, difficulty=self.difficulty, style=self.style, instruction=self.instruction
+        )
 
 
 @dataclass(frozen=True)
@@ -109,12 +124,39 @@ class EvalConfig:
     at_start: bool = doc(True, "evaluate before the first step")
 
 
+_WS = WarmStartConfig()
+
+
 @dataclass(frozen=True)
-class WarmStartConfig:
-    cache_dir: str = doc(
-        ".cache/opdkit/warmstart", "where warm-started tiny models are cached by config hash"
+class WarmStartSection:
+    """How ``model.student: tiny`` is made (``opdkit.train.warmstart``): supervised training of a strong
+    teacher and a 20-50 % student on ``data.task``, with SDPO reprompt formats written with the
+    ``self_teacher`` templates, cached by a hash of everything here."""
+
+    cache_dir: str = doc(".cache/opdkit/warmstart", "where warm-started models are cached by config hash")
+    seed: int = doc(0, "seed of the warm start (independent of the run's seed, so runs share the models)")
+    model: TinyModelConfig = section(lambda: _WS.model, "architecture of the tiny teacher and student")
+    mix: FormatMix = section(lambda: _WS.mix, "prompt formats while training the student")
+    teacher_mix: FormatMix = section(lambda: _WS.teacher_mix, "prompt formats after the student checkpoint")
+    optim: SftOptimConfig = section(lambda: _WS.optim, "supervised optimizer")
+    probe: ProbeConfig = section(lambda: _WS.probe, "pass-rate probes that pick the checkpoints")
+    report: ProbeConfig = section(lambda: _WS.report, "pass rates reported at the end (held-out)")
+    student_target: float = doc(
+        _WS.student_target, "the student is the probed checkpoint nearest this pass rate"
     )
-    options: Mapping[str, Any] | None = doc(None, "extra options for opdkit.train.warmstart (see its docs)")
+    teacher_target: float = doc(_WS.teacher_target, "train the teacher until its pass rate reaches this")
+    eval_every: int = doc(_WS.eval_every, "probe every N supervised steps")
+    max_steps: int = doc(_WS.max_steps, "supervised step limit")
+    feedback_detailed: bool = doc(_WS.feedback_detailed, "detailed verifier feedback in feedback prompts")
+
+    def to_config(self, task: TaskConfig, template: RepromptTemplate) -> WarmStartConfig:
+        """The warm start of ``task`` whose reprompt formats use ``template`` (the run's self-teacher's)."""
+        return WarmStartConfig(
+            task=task.spec(), model=self.model, template=template, mix=self.mix, teacher_mix=self.teacher_mix,
+            optim=self.optim, probe=self.probe, report=self.report, student_target=self.student_target,
+            teacher_target=self.teacher_target, eval_every=self.eval_every, max_steps=self.max_steps,
+            train_problems=task.train_size, feedback_detailed=self.feedback_detailed, seed=self.seed,
+        )  # fmt: skip
 
 
 def _method_config_type(raw: Mapping) -> type:
@@ -146,7 +188,7 @@ class TrainConfig:
     teacher: TeacherConfig = section(TeacherConfig, "external teacher (opd, scope)")
     self_teacher: SelfTeacherOptions = section(SelfTeacherOptions, "self-teacher (SDPO family, SRPO)")
     eval: EvalConfig = section(EvalConfig, "periodic evaluation on held-out problems")
-    warmstart: WarmStartConfig = section(WarmStartConfig, "warm start of tiny models")
+    warmstart: WarmStartSection = section(WarmStartSection, "warm start of model.student=tiny")
     verl: Mapping[str, Any] | None = doc(
         None, "cluster settings read by 'opdkit verl-config' (see docs/verl.md); ignored by 'opdkit train'"
     )

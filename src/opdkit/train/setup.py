@@ -14,6 +14,7 @@ import torch
 
 from opdkit.data import Example
 from opdkit.eval import TaskSource, resolve_examples
+from opdkit.eval.datasets import task_examples_from_problems
 from opdkit.rewards import verify_batch
 from opdkit.rollout import SamplingParams, encode_chats, sample
 from opdkit.teachers.base import TEACHERS
@@ -48,9 +49,9 @@ def load_models(cfg: TrainConfig, device: torch.device) -> Models:
 
     student_path, teacher_path = cfg.model.student, None
     if student_path == "tiny":
-        from opdkit.train.warmstart import warm_start_from_config
+        from opdkit.train.warmstart import warm_start
 
-        pair = warm_start_from_config(cfg)
+        pair = warm_start(warmstart_config(cfg), cache_dir=cfg.warmstart.cache_dir, log=print)
         student_path, teacher_path = str(pair.student_path), str(pair.teacher_path)
     model = AutoModelForCausalLM.from_pretrained(student_path, dtype=getattr(torch, cfg.model.dtype)).to(
         device
@@ -62,9 +63,27 @@ def load_models(cfg: TrainConfig, device: torch.device) -> Models:
     return Models(model, tokenizer, student_path, teacher_path)
 
 
+def warmstart_config(cfg: TrainConfig) -> Any:
+    """The warm start of ``model.student: tiny``: the run's task, its self-teacher's reprompt template."""
+    return cfg.warmstart.to_config(cfg.data.task, cfg.self_teacher.template())
+
+
 def task_source(cfg: TrainConfig) -> TaskSource:
     t = cfg.data.task
-    return TaskSource(t.name, t.style, t.difficulty, t.train_size, t.eval_size, seed=cfg.seed)
+    return TaskSource(t.name, t.style, t.difficulty, t.train_size, t.eval_size, seed=cfg.seed,
+                      instruction=t.instruction)  # fmt: skip
+
+
+def _task_split(cfg: TrainConfig, split: str) -> list[Example]:
+    """The synthetic task's split; for a warm-started tiny student, the warm start's own disjoint pools
+    (its training pool to train on, its report set to evaluate on), so no evaluation question was seen."""
+    if cfg.model.student != "tiny":
+        return resolve_examples("task", split, task_source(cfg))
+    from opdkit.train.warmstart import warm_start_problems
+
+    problems = warm_start_problems(warmstart_config(cfg))
+    chosen = problems.train if split == "train" else problems.report
+    return task_examples_from_problems(cfg.data.task.spec(), chosen, split)
 
 
 @dataclass(frozen=True)
@@ -76,8 +95,12 @@ class Data:
 
 def load_data(cfg: TrainConfig, tokenizer: Any, chat_kwargs: dict) -> Data:
     """Training and held-out examples; prompts are tokenized once and checked against the length limit."""
-    train = resolve_examples(cfg.data.train, "train", task_source(cfg))
-    held_out = resolve_examples(cfg.data.eval, "eval", task_source(cfg)) if cfg.data.eval else []
+
+    def examples(spec: str, split: str) -> list[Example]:
+        return _task_split(cfg, split) if spec == "task" else resolve_examples(spec, split, task_source(cfg))
+
+    train = examples(cfg.data.train, "train")
+    held_out = examples(cfg.data.eval, "eval") if cfg.data.eval else []
     if cfg.eval.num_problems:
         held_out = held_out[: cfg.eval.num_problems]
     prompt_ids = encode_chats(tokenizer, [ex.prompt for ex in train], **chat_kwargs)

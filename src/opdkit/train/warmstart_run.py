@@ -1,0 +1,248 @@
+"""The warm start's training run (called by ``warmstart.warm_start``, which handles caching).
+
+Kept apart from the config and cache code so each file reads top to bottom: build the data pools, train the
+student phase, train the teacher phase, measure the report.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import opdkit.rewards.synthetic  # noqa: F401  (registers the synthetic verifiers)
+from opdkit.models import build_char_tokenizer, build_tiny_model, save_pretrained_atomic
+from opdkit.rewards.base import VERIFIERS, Verifier
+from opdkit.rollout import SamplingParams, encode_chats, sample
+from opdkit.tasks import STYLES, Problem
+from opdkit.teachers.reprompt import reprompt_user_text
+from opdkit.train.prompts import PROMPT_FORMATS, PromptContext
+from opdkit.train.sft import SftExample, collate, sft_step
+from opdkit.train.warmstart import (
+    FormatMix,
+    ProbeConfig,
+    WarmStartConfig,
+    WarmStartReport,
+    warm_start_problems,
+)
+
+_PROBE_SEED_SALT = 7919  # probes sample with seed + salt + step, apart from any training draw
+
+
+@dataclass(frozen=True)
+class _Setup:
+    tokenizer: Any
+    verifier: Verifier
+    pools: dict[str, list[SftExample]]
+    probe_set: list[Problem]
+    report_set: list[Problem]
+
+
+def _build(config: WarmStartConfig) -> _Setup:
+    tok = build_char_tokenizer()
+    verifier = VERIFIERS.get(config.task.verifier)(detailed=config.feedback_detailed)
+    problems = warm_start_problems(config)
+    formats = {k for mix in (config.mix, config.teacher_mix) for k in mix.weights()}
+    rng = random.Random(config.seed)
+    ctx = PromptContext(config.task, config.template, verifier, rng)
+    style = STYLES.get(config.task.style)
+    targets = [
+        (*tok(style.reference(p), add_special_tokens=False)["input_ids"], tok.eos_token_id)
+        for p in problems.train
+    ]
+    pools = {}
+    for name in sorted(formats):
+        prompts = encode_chats(tok, [PROMPT_FORMATS.get(name)(ctx, p) for p in problems.train])
+        pools[name] = [SftExample(tuple(p), t) for p, t in zip(prompts, targets)]
+    return _Setup(tok, verifier, pools, problems.probe, problems.report)
+
+
+def _split_batch(batch_size: int, weights: dict[str, float]) -> dict[str, int]:
+    """Rows per format summing to ``batch_size`` (largest remainders)."""
+    exact = {k: batch_size * w for k, w in weights.items()}
+    counts = {k: math.floor(v) for k, v in exact.items()}
+    for k in sorted(exact, key=lambda k: counts[k] - exact[k])[: batch_size - sum(counts.values())]:
+        counts[k] += 1
+    return counts
+
+
+def pass_rate(
+    model: Any, setup: _Setup, conversations: list, golds: list[str], probe: ProbeConfig, seed: int
+):
+    """Mean verifier success of ``probe.samples`` sampled answers per conversation, and the rollout texts."""
+    params = SamplingParams(
+        n=probe.samples, temperature=probe.temperature, max_new_tokens=probe.max_new_tokens
+    )
+    rollout = sample(model, setup.tokenizer, encode_chats(setup.tokenizer, conversations), params, seed=seed)
+    golds_N = [g for g in golds for _ in range(probe.samples)]
+    verdicts = [
+        setup.verifier(t, g, truncated=bool(tr))
+        for t, g, tr in zip(rollout.texts, golds_N, rollout.truncated_N)
+    ]
+    return sum(v.correct for v in verdicts) / max(1, len(verdicts)), verdicts
+
+
+class _Trainer:
+    """The model, its optimizer and the data stream of one warm-start run."""
+
+    def __init__(self, model: Any, setup: _Setup, config: WarmStartConfig) -> None:
+        opt = config.optim
+        self.model, self.setup, self.config = model, setup, config
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
+        warmup = max(1, opt.warmup_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warmup)
+        )
+        self.rng = random.Random(config.seed + 1)
+        self.step = 0
+        self.train_seconds = 0.0
+        self.probes: list[dict[str, Any]] = []
+
+    def train_step(self, mix: FormatMix) -> float:
+        start = time.perf_counter()
+        pad = self.setup.tokenizer.pad_token_id
+        micro = []
+        for name, count in _split_batch(self.config.optim.batch_size, mix.weights()).items():
+            pool = self.setup.pools[name]
+            if count:
+                micro.append(collate([pool[self.rng.randrange(len(pool))] for _ in range(count)], pad))
+        loss = sft_step(self.model, self.optimizer, micro, max_grad_norm=self.config.optim.max_grad_norm)
+        self.scheduler.step()
+        self.step += 1
+        self.train_seconds += time.perf_counter() - start
+        return loss
+
+    def probe(self, phase: str) -> float:
+        problems = self.setup.probe_set
+        rate, _ = pass_rate(
+            self.model, self.setup, _conversations(self.config, self.setup, problems, "plain"),
+            _golds(self.config, problems), self.config.probe, self.config.seed + _PROBE_SEED_SALT + self.step,
+        )  # fmt: skip
+        self.probes.append({"step": self.step, "pass_rate": rate, "phase": phase})
+        return rate
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+
+def _conversations(config: WarmStartConfig, setup: _Setup, problems: Sequence[Problem], fmt: str) -> list:
+    ctx = PromptContext(config.task, config.template, setup.verifier, random.Random(config.seed + 2))
+    return [PROMPT_FORMATS.get(fmt)(ctx, p) for p in problems]
+
+
+def _golds(config: WarmStartConfig, problems: Sequence[Problem]) -> list[str]:
+    style = STYLES.get(config.task.style)
+    return [style.gold(p) for p in problems]
+
+
+@dataclass(frozen=True)
+class _Checkpoint:
+    state: dict[str, torch.Tensor]
+    step: int
+    pass_rate: float
+
+
+def _train_student(trainer: _Trainer, log: Callable[[str], None]) -> _Checkpoint:
+    """Train until a probe reaches ``student_target``; keep the nearer of that probe and the one before."""
+    cfg = trainer.config
+    previous: _Checkpoint | None = None
+    while trainer.step < cfg.max_steps:
+        loss = trainer.train_step(cfg.mix)
+        if trainer.step % cfg.eval_every:
+            continue
+        rate = trainer.probe("student")
+        log(f"warm start: step {trainer.step} loss {loss:.3f} student probe pass rate {rate:.2f}")
+        current = _Checkpoint(trainer.snapshot(), trainer.step, rate)
+        if rate >= cfg.student_target:
+            nearer_before = previous is not None and abs(previous.pass_rate - cfg.student_target) < abs(
+                rate - cfg.student_target
+            )
+            chosen = previous if nearer_before else current
+            for probe in trainer.probes:
+                probe["student"] = probe["step"] == chosen.step
+            return chosen
+        previous = current
+    history = ", ".join(f"{p['step']}: {p['pass_rate']:.2f}" for p in trainer.probes)
+    raise RuntimeError(
+        f"warm start: the student never reached pass rate {cfg.student_target} in {cfg.max_steps} steps "
+        f"(probes {history}); raise max_steps or the learning rate, or lower the task difficulty"
+    )
+
+
+def _train_teacher(trainer: _Trainer, log: Callable[[str], None]) -> None:
+    """Keep training with ``teacher_mix`` until a probe reaches ``teacher_target`` (or ``max_steps``)."""
+    cfg = trainer.config
+    while trainer.step < cfg.max_steps:
+        loss = trainer.train_step(cfg.teacher_mix)
+        if trainer.step % cfg.eval_every == 0:
+            rate = trainer.probe("teacher")
+            log(f"warm start: step {trainer.step} loss {loss:.3f} teacher probe pass rate {rate:.2f}")
+            if rate >= cfg.teacher_target:
+                return
+    log(f"warm start: the teacher stopped at max_steps={cfg.max_steps} below {cfg.teacher_target}")
+
+
+def _feedback_rate(student: Any, setup: _Setup, config: WarmStartConfig, verdicts: list, seed: int):
+    """Re-ask each problem the student got wrong, with the verifier's feedback on that very attempt."""
+    problems, golds = setup.report_set, _golds(config, setup.report_set)
+    plain = _conversations(config, setup, problems, "plain")
+    convs, conv_golds = [], []
+    for i, verdict in enumerate(verdicts):
+        q = i // config.report.samples
+        if not verdict.correct and verdict.feedback:
+            text = reprompt_user_text(plain[q][-1]["content"], None, verdict.feedback, config.template)
+            convs.append([*plain[q][:-1], {"role": "user", "content": text}])
+            conv_golds.append(golds[q])
+    if not convs:
+        return math.nan, 0
+    one = ProbeConfig(problems=len(convs), samples=1, temperature=config.report.temperature,
+                      max_new_tokens=config.report.max_new_tokens)  # fmt: skip
+    rate, _ = pass_rate(student, setup, convs, conv_golds, one, seed)
+    return rate, len(convs)
+
+
+def run_warm_start(config: WarmStartConfig, out: Path, log: Callable[[str], None]) -> WarmStartReport:
+    """Train both models into ``out/student`` and ``out/teacher`` and measure the report."""
+    start = time.perf_counter()
+    setup = _build(config)
+    model = build_tiny_model(config.model, setup.tokenizer, seed=config.seed)
+    trainer = _Trainer(model, setup, config)
+    chosen = _train_student(trainer, log)
+    _train_teacher(trainer, log)
+    teacher = trainer.model.eval()
+    save_pretrained_atomic(teacher, setup.tokenizer, out / "teacher")
+    student = build_tiny_model(config.model, setup.tokenizer, seed=config.seed)
+    student.load_state_dict(chosen.state)
+    save_pretrained_atomic(student, setup.tokenizer, out / "student")
+
+    problems, golds, seed = (
+        setup.report_set,
+        _golds(config, setup.report_set),
+        config.seed + 2 * _PROBE_SEED_SALT,
+    )
+    plain = _conversations(config, setup, problems, "plain")
+    teacher_rate, _ = pass_rate(teacher, setup, plain, golds, config.report, seed)
+    student_rate, verdicts = pass_rate(student, setup, plain, golds, config.report, seed)
+    demo = _conversations(config, setup, problems, "demo")
+    demo_rate, _ = pass_rate(student, setup, demo, golds, config.report, seed)
+    feedback_rate, attempts = _feedback_rate(student, setup, config, verdicts, seed)
+    report = WarmStartReport(
+        student_pass_rate=student_rate,
+        teacher_pass_rate=teacher_rate,
+        student_demo_pass_rate=demo_rate,
+        student_feedback_pass_rate=feedback_rate,
+        feedback_attempts=attempts,
+        student_step=chosen.step,
+        teacher_step=trainer.step,
+        train_seconds=round(trainer.train_seconds, 2),
+        total_seconds=round(time.perf_counter() - start, 2),
+        probes=trainer.probes,
+    )
+    log(f"warm start: {report}")
+    return report
