@@ -157,7 +157,7 @@ def sample(
         return_dict_in_generate=True,
         use_cache=True,
     )
-    recorder = _ChosenTokenLogprobs(params.temperature, ids_N_P.shape[1]) if params.logprobs else None
+    recorder = _ChosenTokenLogprobs(params.temperature) if params.logprobs else None
     was_training, saved_config = model.training, model.generation_config
     # generate() fills every field we leave unset from model.generation_config (a real checkpoint may carry a
     # repetition penalty, top-k 20, ...), which would silently change the distribution; give it a clean one.
