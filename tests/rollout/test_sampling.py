@@ -156,3 +156,30 @@ def test_bad_parameters_are_refused():
         SamplingParams(top_p=0.0)
     with pytest.raises(ValueError, match="side"):
         pad_sequences([[1]], 0, side="middle")
+
+
+@pytest.mark.parametrize(("temperature", "top_p", "top_k"), [(1.0, 1.0, 0), (0.7, 0.9, 20), (0.0, 1.0, 0)])
+def test_prefilling_each_prompt_once_samples_the_same_tokens(tok, model, prompts, temperature, top_p, top_k):
+    # The G copies of a prompt share one prefill (its cache is repeated for them); with the same seed the
+    # tokens and the sampler's log-probs are those of generate prefilling every copy.
+    params = SamplingParams(n=6, temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=12)
+    shared = sample(model, tok, prompts, params, seed=5)
+    full = sample(model, tok, prompts, params, seed=5, share_prompts=False)
+    assert torch.equal(shared.response_ids_N_L, full.response_ids_N_L) and shared.texts == full.texts
+    assert torch.equal(shared.response_mask_N_L, full.response_mask_N_L)
+    torch.testing.assert_close(shared.sampler_logp_N_L, full.sampler_logp_N_L, atol=1e-5, rtol=1e-5)
+
+
+def test_one_token_prompts_and_single_samples_are_prefilled_by_generate(tok, model, prompts):
+    for prompt_ids, n in (([[tok.bos_token_id], *prompts], 3), (prompts, 1)):
+        params = SamplingParams(n=n, temperature=1.0, max_new_tokens=6)
+        shared = sample(model, tok, prompt_ids, params, seed=2)
+        full = sample(model, tok, prompt_ids, params, seed=2, share_prompts=False)
+        assert torch.equal(shared.response_ids_N_L, full.response_ids_N_L)
+
+
+def test_sampling_without_logprobs_records_none_and_samples_the_same(tok, model, prompts):
+    with_logp = sample(model, tok, prompts, SamplingParams(n=4, max_new_tokens=8), seed=3)
+    without = sample(model, tok, prompts, SamplingParams(n=4, max_new_tokens=8, logprobs=False), seed=3)
+    assert without.sampler_logp_N_L is None
+    assert torch.equal(with_logp.response_ids_N_L, without.response_ids_N_L)

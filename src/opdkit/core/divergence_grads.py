@@ -71,18 +71,23 @@ class ChunkDivergence:
     grad_R_V: torch.Tensor | None
 
 
-ROW_BLOCK = 2  # rows per elementwise temporary: 2 × V floats instead of a whole (R, V) buffer
+# Elements per elementwise temporary: two rows at V = 152k (1.2 MB, cache-sized) instead of a whole (R, V)
+# buffer. A small vocabulary gets as many rows per block as fit, so a tiny model does not pay one Python-level
+# loop iteration per two tokens.
+BLOCK_ELEMENTS = 2 * 152_064
 
 
-def row_blocks(n_rows: int) -> list[slice]:
-    return [slice(start, start + ROW_BLOCK) for start in range(0, n_rows, ROW_BLOCK)]
+def row_blocks(n_rows: int, width: int) -> list[slice]:
+    """Row slices of at least 2 rows and at most ~``BLOCK_ELEMENTS`` elements (``width`` per row)."""
+    step = max(2, BLOCK_ELEMENTS // max(1, width))
+    return [slice(start, start + step) for start in range(0, n_rows, step)]
 
 
 def rowdot(a_R_C: torch.Tensor, b_R_C: torch.Tensor) -> torch.Tensor:
     """Σ_c a·b per row -> (R,), a block of rows at a time (a batched matrix product needs no temporary
     either, but is about 3× slower on CPU)."""
     out = a_R_C.new_empty(a_R_C.shape[0])
-    for rows in row_blocks(a_R_C.shape[0]):
+    for rows in row_blocks(*a_R_C.shape):
         torch.sum(a_R_C[rows] * b_R_C[rows], dim=-1, out=out[rows])
     return out
 
@@ -90,7 +95,7 @@ def rowdot(a_R_C: torch.Tensor, b_R_C: torch.Tensor) -> torch.Tensor:
 def entropy_rows(logp_R_C: torch.Tensor) -> torch.Tensor:
     """−Σ e^s·max(s, floor) per row, as ``entropy_from_logits``, with block-sized temporaries only."""
     out = logp_R_C.new_empty(logp_R_C.shape[0])
-    for rows in row_blocks(logp_R_C.shape[0]):
+    for rows in row_blocks(*logp_R_C.shape):
         block = logp_R_C[rows]
         torch.sum(block.exp() * block.clamp(min=LOGP_FLOOR), dim=-1, out=out[rows])
     return out.neg_()
@@ -98,7 +103,7 @@ def entropy_rows(logp_R_C: torch.Tensor) -> torch.Tensor:
 
 def log_softmax_(z_R_C: torch.Tensor) -> torch.Tensor:
     """z − logsumexp(z) in place, a block of rows at a time (logsumexp's temporaries stay block-sized)."""
-    for rows in row_blocks(z_R_C.shape[0]):
+    for rows in row_blocks(*z_R_C.shape):
         block = z_R_C[rows]
         block.sub_(torch.logsumexp(block, dim=-1, keepdim=True))
     return z_R_C
@@ -169,7 +174,7 @@ def full_vocab_divergence(
     dD/dz is written over ``t_R_V`` (returned as ``grad_R_V``), so no other (R, V) buffer is needed.
     """
     value = s_R_V.new_empty(s_R_V.shape[0])
-    for rows in row_blocks(s_R_V.shape[0]):
+    for rows in row_blocks(*s_R_V.shape):
         s, t = s_R_V[rows], t_R_V[rows]
         keep = (s >= LOGP_FLOOR) if bool((s < LOGP_FLOOR).any()) else None
         s.clamp_(min=LOGP_FLOOR)

@@ -9,6 +9,11 @@ the first EOS; padding after it is 0.
 The sampler's log-prob of each chosen token is ``log_softmax(raw_logits / T)`` at that token (before top-k /
 top-p filtering, the same quantity the trainer recomputes, §0), recorded one step at a time by a logits
 processor, so no (N, L, V) tensor is kept. Greedy decoding (T = 0) reports log_softmax(raw logits).
+``SamplingParams(logprobs=False)`` skips the recording (an (N, V) log-softmax per generated token).
+
+``generate`` gets a key/value cache from ``rollout.kvcache``: each prompt prefilled once for its G samples,
+and new tokens written in place rather than appended by re-copying the cache (the same tokens and log-probs;
+only rounding differs). ``share_prompts=False`` prefills every copy, as ``generate`` alone does.
 
     params = SamplingParams(n=8, temperature=1.0, max_new_tokens=16)
     batch = sample(model, tok, encode_chats(tok, [row["prompt"] for row in rows]), params, seed=0)
@@ -23,18 +28,21 @@ from typing import Any
 
 import torch
 
+from opdkit.rollout.kvcache import generation_cache
 from opdkit.rollout.padding import pad_sequences
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """n: samples per prompt (G); temperature 0 = greedy; top_k 0 and top_p 1.0 = off."""
+    """n: samples per prompt (G); temperature 0 = greedy; top_k 0 and top_p 1.0 = off; logprobs: record the
+    sampler's log-prob of each chosen token (``Rollout.sampler_logp_N_L``)."""
 
     n: int = 1
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
     max_new_tokens: int = 64
+    logprobs: bool = True
 
     def __post_init__(self) -> None:
         if self.n < 1 or self.max_new_tokens < 1:
@@ -50,7 +58,8 @@ class Rollout:
     """N = prompts × n sequences; P prompt columns (left-padded), L response columns (right-padded).
 
     prompt_ids_N_P, prompt_mask_N_P: int64; response_ids_N_L, response_mask_N_L: int64 (EOS inside the mask);
-    sampler_logp_N_L: float32 log_softmax(raw_logits / T) of each chosen token, 0.0 at padding;
+    sampler_logp_N_L: float32 log_softmax(raw_logits / T) of each chosen token, 0.0 at padding (None when
+    ``SamplingParams.logprobs`` is False);
     truncated_N: bool, no EOS within max_new_tokens; group_ids_N: int64, equal within a prompt's group;
     texts: the decoded responses (special tokens skipped).
     """
@@ -59,7 +68,7 @@ class Rollout:
     prompt_mask_N_P: torch.Tensor
     response_ids_N_L: torch.Tensor
     response_mask_N_L: torch.Tensor
-    sampler_logp_N_L: torch.Tensor
+    sampler_logp_N_L: torch.Tensor | None
     truncated_N: torch.Tensor
     group_ids_N: torch.Tensor
     texts: list[str]
@@ -120,11 +129,13 @@ def sample(
     *,
     seed: int | None = None,
     first_group_id: int = 0,
+    share_prompts: bool = True,
 ) -> Rollout:
     """Sample ``params.n`` responses for each prompt (unpadded id lists); see the module docstring.
 
     With ``seed`` the sampling is reproducible and the caller's global RNG state is left untouched; without it
     the global torch RNG is used (and advanced). Group ids are ``first_group_id + prompt index``.
+    ``share_prompts=False`` prefills every copy of a prompt (the reference the tests compare with).
     """
     from transformers import GenerationConfig, LogitsProcessorList
 
@@ -146,7 +157,7 @@ def sample(
         return_dict_in_generate=True,
         use_cache=True,
     )
-    recorder = _ChosenTokenLogprobs(params.temperature)
+    recorder = _ChosenTokenLogprobs(params.temperature) if params.logprobs else None
     was_training, saved_config = model.training, model.generation_config
     # generate() fills every field we leave unset from model.generation_config (a real checkpoint may carry a
     # repetition penalty, top-k 20, ...), which would silently change the distribution; give it a clean one.
@@ -155,6 +166,7 @@ def sample(
     )
     model.eval()
     try:
+        cache = generation_cache(model, prompts, params.n, params.max_new_tokens, share=share_prompts)
         with torch.random.fork_rng(devices=_cuda_devices(device), enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
@@ -162,13 +174,15 @@ def sample(
                 input_ids=ids_N_P,
                 attention_mask=mask_N_P,
                 generation_config=config,
-                logits_processor=LogitsProcessorList([recorder]),
+                logits_processor=LogitsProcessorList([recorder] if recorder is not None else []),
+                **({"past_key_values": cache} if cache is not None else {}),
             )
     finally:
         model.train(was_training)
         model.generation_config = saved_config
     response_ids_N_L = out.sequences[:, ids_N_P.shape[1] :]
-    recorder.collect(out.sequences)  # the last step's chosen token
+    if recorder is not None:
+        recorder.collect(out.sequences)  # the last step's chosen token
     return _assemble(
         tokenizer, _eos_ids(model, tokenizer), ids_N_P, mask_N_P, response_ids_N_L, recorder, group_ids_N
     )
@@ -184,11 +198,11 @@ def _assemble(
     ids_N_P: torch.Tensor,
     mask_N_P: torch.Tensor,
     response_ids_N_L: torch.Tensor,
-    recorder: _ChosenTokenLogprobs,
+    recorder: _ChosenTokenLogprobs | None,
     group_ids_N: torch.Tensor,
 ) -> Rollout:
     mask_N_L, truncated_N = _response_mask(response_ids_N_L, eos_ids)
-    logp_N_L = torch.stack(recorder.logps, dim=1) * mask_N_L.float()
+    logp_N_L = None if recorder is None else torch.stack(recorder.logps, dim=1) * mask_N_L.float()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     response_ids_N_L = response_ids_N_L.masked_fill(mask_N_L == 0, pad_id)
     texts = tokenizer.batch_decode(
@@ -199,7 +213,7 @@ def _assemble(
         prompt_mask_N_P=mask_N_P.cpu(),
         response_ids_N_L=response_ids_N_L.cpu(),
         response_mask_N_L=mask_N_L.cpu(),
-        sampler_logp_N_L=logp_N_L.cpu(),
+        sampler_logp_N_L=None if logp_N_L is None else logp_N_L.cpu(),
         truncated_N=truncated_N.cpu(),
         group_ids_N=group_ids_N,
         texts=texts,

@@ -18,6 +18,7 @@ are aligned with its own prompt length (§0, §4.8).
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -143,32 +144,44 @@ def build_teacher_context(
     chat_kwargs = chat_kwargs or {}
     template = options.template()
     prompt_ids, cut = [], 0
+    rendered: dict[tuple, tuple[list[int], bool]] = {}  # rows of a group mostly share prompt and sibling
     for i, messages in enumerate(rollouts.messages):
         demo = None
         if plan.demo_index[i] >= 0:
             demo = rollouts.response_texts[plan.demo_index[i]]
             demo = strip_thinking(demo) if options.remove_thinking_from_demonstration else demo
         feedback = rollouts.feedback[i] if plan.use_feedback[i] else None
-        prompt_text = _last_user_text(messages)
-
-        def render(d: str | None, _m=messages, _p=prompt_text, _f=feedback) -> list[int]:
-            return _render(
-                tokenizer, _rewrite_last_user(_m, reprompt_user_text(_p, d, _f, template)), chat_kwargs
+        key = (json.dumps(messages, sort_keys=True, default=str), demo, feedback)
+        if key not in rendered:
+            rendered[key] = _teacher_prompt(
+                tokenizer, (messages, demo, feedback), (template, chat_kwargs), options
             )
-
-        if demo is None:
-            ids = render(None)
-            if len(ids) > options.max_reprompt_len:
-                raise ValueError(
-                    f"row {i}: the self-teacher prompt has {len(ids)} tokens, over max_reprompt_len"
-                )
-        else:
-            ids, was_cut = _fit_demonstration(render, demo, tokenizer, options.max_reprompt_len)
-            cut += int(was_cut)
-        prompt_ids.append(ids)
+        ids, was_cut = rendered[key]
+        if len(ids) > options.max_reprompt_len:
+            raise ValueError(f"row {i}: the self-teacher prompt has {len(ids)} tokens, over max_reprompt_len")
+        cut += int(was_cut)
+        prompt_ids.append(list(ids))
     return TeacherContext(
         prompt_ids, torch.tensor(plan.sd_mask, dtype=torch.bool), _stats(rollouts, plan, cut)
     )
+
+
+def _teacher_prompt(
+    tokenizer: Any, row: tuple[list[dict], str | None, str | None], render_with: tuple, options: Any
+) -> tuple[list[int], bool]:
+    """One row's teacher prompt ids and whether its demonstration was cut; ``row`` = (messages, demo,
+    feedback), ``render_with`` = (reprompt template, chat kwargs)."""
+    messages, demo, feedback = row
+    template, chat_kwargs = render_with
+    prompt_text = _last_user_text(messages)
+
+    def render(d: str | None) -> list[int]:
+        text = reprompt_user_text(prompt_text, d, feedback, template)
+        return _render(tokenizer, _rewrite_last_user(messages, text), chat_kwargs)
+
+    if demo is None:
+        return render(None), False
+    return _fit_demonstration(render, demo, tokenizer, options.max_reprompt_len)
 
 
 def _stats(rollouts: RolloutTexts, plan: Any, cut: int) -> dict[str, float]:

@@ -3,6 +3,8 @@
 N = Q·G rows (G rollouts of each of Q questions, members of a group contiguous), prompts left-padded to P
 columns, responses right-padded to T. ``old_logp_N_T`` is the pre-update student's log-prob of each sampled
 token at the log-prob temperature (detached); on-policy it equals the current log-prob, so the PPO ratio is 1.
+It is None when the loop did not compute it: a step with one optimizer update whose method needs the old
+log-probs only inside the loss, where they equal the current ones (``old_or_current``, ALGORITHMS.md §2.2).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ class StepBatch:
     group_ids_N: torch.Tensor
     rewards_N: torch.Tensor
     success_N: torch.Tensor
-    old_logp_N_T: torch.Tensor
+    old_logp_N_T: torch.Tensor | None
     example_index_N: torch.Tensor
     truncated_N: torch.Tensor
     messages: list[list[dict]] = field(default_factory=list)
@@ -40,9 +42,12 @@ class StepBatch:
         values = {}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            values[f.name] = (
-                v.index_select(0, rows.to(v.device)) if torch.is_tensor(v) else [v[i] for i in picked]
-            )
+            if v is None:
+                values[f.name] = None
+            elif torch.is_tensor(v):
+                values[f.name] = v.index_select(0, rows.to(v.device))
+            else:
+                values[f.name] = [v[i] for i in picked]
         return StepBatch(**values)
 
     def unpadded_prompts(self) -> list[list[int]]:
@@ -50,6 +55,16 @@ class StepBatch:
 
     def unpadded_responses(self) -> list[list[int]]:
         return [ids[m.bool()].tolist() for ids, m in zip(self.response_ids_N_T, self.response_mask_N_T)]
+
+
+def old_or_current(batch: StepBatch, logp_N_T: torch.Tensor) -> torch.Tensor:
+    """The pre-update log-probs (N, T), detached: the batch's, or on-policy (None) the current ``logp_N_T``.
+
+    Within the first optimizer update of a step the weights are still the sampling weights, so the two are
+    the same function of the same weights (§2.2: ratio exactly 1); the loop leaves ``old_logp_N_T`` None only
+    then, which saves one forward pass of the whole batch per step.
+    """
+    return logp_N_T.detach() if batch.old_logp_N_T is None else batch.old_logp_N_T
 
 
 @dataclass(frozen=True)

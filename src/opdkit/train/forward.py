@@ -6,7 +6,8 @@ P−1 .. P+T−2 of each forward, P being the prompt width of *that* forward; lo
 Two paths (``model.hidden_state_losses``):
 - hidden states (default): the decoder's final hidden states at the response positions plus the output
   projection, handed to ``core.chunked``, which computes log-probs and divergences a chunk of tokens at a
-  time, so the (N, T, V) logits never exist at once (DESIGN.md "Performance");
+  time, so the (N, T, V) logits never exist at once (DESIGN.md "Performance"); a prompt shared by several
+  rows (a question's G rollouts, a group's self-teacher prompts) is run once (``train.prefix``);
 - full logits: ``model(...).logits`` sliced to the response positions (any causal LM).
 The hidden-state path is used only for a model whose head reproduces its logits: checked once per model on a
 short input (``hidden_path_ok``); a model with logit soft-capping or scaling falls back to full logits.
@@ -20,8 +21,9 @@ from typing import Any
 import torch
 
 from opdkit.core.chunked import LinearHead, StudentInputs, TeacherHidden, chunked_token_logp
-from opdkit.core.sequence import pack, response_logits, token_logp
+from opdkit.core.sequence import pack, token_logp
 from opdkit.train.batch import StepBatch
+from opdkit.train.prefix import response_hidden
 
 
 @dataclass(frozen=True)
@@ -54,10 +56,12 @@ def _head(model: torch.nn.Module) -> LinearHead:
 def forward_hidden(
     model: torch.nn.Module, prompt_ids_N_P: torch.Tensor, prompt_mask_N_P: torch.Tensor, batch: StepBatch
 ) -> TeacherHidden:
-    """The decoder's final hidden states at the response positions (N, T, H) and the output head."""
-    packed = pack(prompt_ids_N_P, prompt_mask_N_P, batch.response_ids_N_T, batch.response_mask_N_T)
-    hidden = model.get_decoder()(**packed.model_inputs()).last_hidden_state
-    return TeacherHidden(response_logits(hidden, packed), _head(model))
+    """The decoder's final hidden states at the response positions (N, T, H) and the output head; each
+    distinct prompt is run once (``train.prefix``)."""
+    hidden = response_hidden(
+        model, prompt_ids_N_P, prompt_mask_N_P, batch.response_ids_N_T, batch.response_mask_N_T
+    )
+    return TeacherHidden(hidden, _head(model))
 
 
 @torch.no_grad()

@@ -4,7 +4,8 @@ Each step (DESIGN.md "The training loop"):
 
 1. draw Q questions (each gets a fresh group id);
 2. roll out G responses per question with the current student;
-3. verify them (reward, extracted answer, feedback) and recompute the old log-probs;
+3. verify them (reward, extracted answer, feedback) and recompute the old log-probs (skipped when the step
+   makes one update and the method needs them only in its loss, where they equal the current ones);
 4. ``method.prepare``: teacher scoring (external teacher, or the self-teacher's reprompted context) and the
    method's weights / advantages;
 5. ``run_updates``: loss, optimizer step(s), EMA self-teacher update — skipped when the method says the step
@@ -129,6 +130,8 @@ def train(
             logprob_temperature=logprob_t,
             micro_batch_size=cfg.optim.micro_batch_size,
             hidden_states=cfg.model.hidden_state_losses,
+            # one update per step: the loss's current log-probs are the old ones (§2.2), no extra forward
+            old_logprobs=cfg.optim.mini_batches > 1 or method.needs_old_logp(cfg.method),
         )
         rollouts = collect_rollouts(models.student, models.tokenizer, data, verifiers, request)
         t1 = time.perf_counter()
@@ -199,6 +202,7 @@ def _params(cfg: TrainConfig, *, n: int | None = None, temperature: float | None
         top_p=r.top_p,
         top_k=r.top_k,
         max_new_tokens=r.max_new_tokens,
+        logprobs=False,  # the loop recomputes log-probs with the trainer's forward (§0), never the sampler's
     )
 
 
@@ -233,6 +237,7 @@ def _save(run, step, models, optim, sampler, ctx, teacher_failures, keep) -> Non
         "paced_weights_D": ctx.paced_weights_D,
     }
     teacher_state = ctx.self_teacher.state_dict() if ctx.self_teacher is not None else {}
+    run.sync()  # the metrics of every step up to this checkpoint survive a machine crash with it
     save_checkpoint(
         run.path, step, CheckpointParts(models.student, models.tokenizer, teacher_state, state), keep=keep
     )

@@ -3,7 +3,8 @@
 ALGORITHMS.md §1: each question drawn this step gets a fresh group id (the same dataset row drawn twice gets
 two ids); its G rollouts are contiguous. Rewards come from each row's verifier; success is reward ≥ 0.5
 (τ_succ, §1.4, §11 A13). ``old_logp`` is the pre-update student's log-prob of each sampled token at the
-log-prob temperature (§2.2: on-policy it equals the current log-prob).
+log-prob temperature (§2.2: on-policy it equals the current log-prob); it is only computed when asked
+(``RolloutRequest.old_logprobs``), else left None for the loss to use the current log-probs.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class RolloutRequest:
     logprob_temperature: float
     micro_batch_size: int
     hidden_states: bool = True
+    old_logprobs: bool = True  # False: leave old_logp_N_T None (one on-policy update; see StepBatch)
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ def collect_rollouts(
         group_ids_N=out.group_ids_N.to(device),
         rewards_N=rewards_N.to(device),
         success_N=(rewards_N >= SUCCESS_THRESHOLD).to(device),
-        old_logp_N_T=torch.zeros(out.response_ids_N_L.shape, device=device),
+        old_logp_N_T=None,
         example_index_N=torch.tensor(req.example_indices, device=device).repeat_interleave(n),
         truncated_N=out.truncated_N.to(device),
         messages=[ex.prompt for ex in examples for _ in range(n)],
@@ -74,8 +76,11 @@ def collect_rollouts(
         feedback=[v.feedback for v in verdicts],
         preds=[v.pred for v in verdicts],
     )
-    old = old_logprobs(model, batch, req.logprob_temperature, req.micro_batch_size, hidden=req.hidden_states)
-    batch = StepBatch(**{**batch.__dict__, "old_logp_N_T": old})
+    if req.old_logprobs:
+        old = old_logprobs(
+            model, batch, req.logprob_temperature, req.micro_batch_size, hidden=req.hidden_states
+        )
+        batch = StepBatch(**{**batch.__dict__, "old_logp_N_T": old})
     return Rollouts(batch=batch, metrics=rollout_metrics(batch))
 
 

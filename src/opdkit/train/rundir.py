@@ -71,12 +71,19 @@ class RunDir:
         return run
 
     def log(self, row: dict[str, Any]) -> None:
-        """Append one metrics row and flush it to disk (a kill loses at most the row being written)."""
+        """Append one metrics row and flush it to the OS (a killed process loses at most the row being
+        written). Not fsynced here (milliseconds per step on a small model): ``sync`` does it before each
+        checkpoint, and a resume drops the rows after the checkpoint anyway."""
         line = json.dumps({k: _json_safe(v) for k, v in row.items()})
         with open(self.metrics_path, "a", encoding="utf-8") as fh:
             fh.write(line + "\n")
             fh.flush()
-            os.fsync(fh.fileno())
+
+    def sync(self) -> None:
+        """Force the metrics written so far to disk (survives a machine crash, not only a killed process)."""
+        if self.metrics_path.exists():
+            with open(self.metrics_path, "a", encoding="utf-8") as fh:
+                os.fsync(fh.fileno())
 
     def truncate_metrics(self, last_step: int) -> None:
         """Drop rows of steps after ``last_step`` (and a torn last line) before resuming."""

@@ -156,13 +156,20 @@ def make_external_teacher(cfg: TrainConfig, models: Models, device: torch.device
 
 
 def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, Any]:
-    """AdamW and a linear-warm-up-then-constant schedule (§10)."""
+    """AdamW and a linear-warm-up-then-constant schedule (§10).
+
+    The fused AdamW kernel (one kernel for all parameters; the same update) on CPU and CUDA, where torch has
+    it for floating-point parameters; the per-tensor loop elsewhere.
+    """
     o = cfg.optim
+    params = [p for p in model.parameters() if p.requires_grad]
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params) or None
     optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad],
+        params,
         lr=o.lr,
         betas=tuple(o.betas),
         weight_decay=o.weight_decay,
+        fused=fused,
     )
     warmup = max(0, o.warmup_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -79,7 +79,11 @@ def run_updates(
     optimizer, scheduler = optim
     stats = UpdateStats()
     params = [p for p in ctx.student.parameters() if p.requires_grad]
-    for rows in mini_batch_rows(batch, settings.mini_batches):
+    mini_batches = mini_batch_rows(batch, settings.mini_batches)
+    if batch.old_logp_N_T is None and len(mini_batches) > 1:
+        # updates after the first are off-policy: the current log-probs are no longer the old ones (§2.2)
+        raise ValueError("several updates per step need the old log-probs (RolloutRequest.old_logprobs)")
+    for rows in mini_batches:
         mini, mini_prep = batch.select(rows), prepared.select(rows)
         denoms = method.denominators(method_cfg, mini, mini_prep)
         optimizer.zero_grad(set_to_none=True)

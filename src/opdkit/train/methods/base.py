@@ -60,6 +60,14 @@ class Method:
     uses_self_teacher: bool = False
     description: str = ""
 
+    def needs_old_logp(self, cfg: Any) -> bool:
+        """Whether ``prepare`` or an on-policy ``loss`` needs ``batch.old_logp_N_T``.
+
+        False lets the loop skip the old-log-prob forward when a step makes one optimizer update (the loss
+        then uses the current log-probs, detached: ``batch.old_or_current``). True by default (always safe).
+        """
+        return True
+
     def setup(self, cfg: Any, ctx: MethodContext) -> None:
         """Called once before training (e.g. PACED's offline pass rates); nothing by default."""
 

@@ -23,7 +23,7 @@ from opdkit.core.losses import (
     surrogate_metrics,
 )
 from opdkit.core.registry import Registry
-from opdkit.train.batch import Prepared, StepBatch
+from opdkit.train.batch import Prepared, StepBatch, old_or_current
 from opdkit.train.forward import policy_logp
 from opdkit.train.methods.base import Method, MethodConfig, MethodContext
 
@@ -69,17 +69,21 @@ def policy_gradient_loss(
 ) -> LossOutput:
     """Clipped surrogate with ``adv`` ((N,) or (N, T)) aggregated over ``loss_mask`` with ``denom``."""
     logp = policy_logp(ctx.student, batch, ctx.temperature, hidden=ctx.hidden_states)
+    old = old_or_current(batch, logp)
     sur = clipped_surrogate(
-        logp, batch.old_logp_N_T, adv,
+        logp, old, adv,
         clip_low=cfg.clip_low, clip_high=cfg.clip_high, dual_clip=cfg.dual_clip, mask_N_T=loss_mask_N_T,
     )  # fmt: skip
     loss = aggregate(sur.loss_N_T, loss_mask_N_T, cfg.agg, global_denominator=denom)
-    return LossOutput(loss, sur.loss_N_T, surrogate_metrics(sur, logp, batch.old_logp_N_T, loss_mask_N_T))
+    return LossOutput(loss, sur.loss_N_T, surrogate_metrics(sur, logp, old, loss_mask_N_T))
 
 
 class Grpo(Method):
     config_type = GrpoConfig
     description = "GRPO: group-normalised outcome advantage, PPO clip (§2)"
+
+    def needs_old_logp(self, cfg: GrpoConfig) -> bool:
+        return False  # only the PPO ratio uses them, inside the loss
 
     def prepare(self, cfg: GrpoConfig, batch: StepBatch, ctx: MethodContext) -> Prepared:
         adv_N = grpo_advantages(
@@ -119,7 +123,7 @@ def score_with_teacher(batch: StepBatch, ctx: MethodContext) -> TeacherResult:
     scores = ctx.teacher.score(
         batch.unpadded_prompts(), batch.unpadded_responses(), pad_to=batch.response_ids_N_T.shape[1]
     )
-    device = batch.old_logp_N_T.device
+    device = batch.response_ids_N_T.device
     return TeacherResult(
         scores.logp_N_T.to(device), scores.valid_N.to(device, torch.bool), dict(scores.stats)
     )

@@ -31,7 +31,7 @@ from opdkit.core.registry import Registry
 from opdkit.core.sequence import left_pad, token_logp
 from opdkit.core.weights import hard_filter_weights, paced_weights, pass_rate_weights
 from opdkit.teachers.self_teacher import RolloutTexts, build_teacher_context
-from opdkit.train.batch import Prepared, StepBatch
+from opdkit.train.batch import Prepared, StepBatch, old_or_current
 from opdkit.train.forward import (
     PolicyOutput,
     self_teacher_hidden,
@@ -133,6 +133,10 @@ class Sdpo(Method):
         """w_q(i) per row, or None for plain SDPO."""
         return None
 
+    def needs_old_logp(self, cfg: SdpoConfig) -> bool:
+        # On-policy the IS weight is min(exp(0), c) = 1 for any cap c >= 1: the old log-probs are not needed.
+        return cfg.is_clip is not None and cfg.is_clip < 1.0
+
     def prepare(self, cfg: SdpoConfig, batch: StepBatch, ctx: MethodContext) -> Prepared:
         prompts = teacher_prompt_rows(batch, ctx)
         rows, metrics = dict(prompts.rows), dict(prompts.stats)
@@ -163,7 +167,9 @@ class Sdpo(Method):
         result = self_distillation_loss(
             divergence,
             prepared.rows["loss_mask_N_T"],
-            is_weight_N_T=truncated_is_weight(out.logp_N_T, batch.old_logp_N_T, cap=cfg.is_clip),
+            is_weight_N_T=truncated_is_weight(
+                out.logp_N_T, old_or_current(batch, out.logp_N_T), cap=cfg.is_clip
+            ),
             question_weight_N=prepared.rows.get("question_weight_N"),
             aggregation=DistillAggregation(cfg.agg, cfg.denominator),
             global_denominator=denoms["agg"],
@@ -171,13 +177,18 @@ class Sdpo(Method):
         return result
 
     def _chunked_loss(self, cfg: SdpoConfig, batch, prepared, denoms, ctx) -> LossOutput:
-        """The same loss from hidden states, a chunk of tokens at a time (``core.chunked``, issue 8)."""
+        """The same loss from hidden states, a chunk of tokens at a time (``core.chunked``, issue 8).
+
+        Without old log-probs (on-policy, ``needs_old_logp`` False) every IS weight is min(1, c) = 1, so the
+        weighting is left out and its metrics are the on-policy values.
+        """
         rows = prepared.rows
+        is_clip = cfg.is_clip if batch.old_logp_N_T is not None else None
         weighting = LossWeighting(
             rows["loss_mask_N_T"],
             weight_N_T=rows.get("question_weight_N"),
-            old_logp_N_T=batch.old_logp_N_T if cfg.is_clip is not None else None,
-            is_clip=cfg.is_clip,
+            old_logp_N_T=batch.old_logp_N_T if is_clip is not None else None,
+            is_clip=is_clip,
             aggregation=DistillAggregation(cfg.agg, cfg.denominator),
             global_denominator=denoms["agg"],
         )
@@ -187,7 +198,10 @@ class Sdpo(Method):
             weighting,
             chunk_settings(cfg, ctx),
         )
-        return out.as_loss_output()
+        result = out.as_loss_output()
+        if cfg.is_clip is not None and is_clip is None:
+            result.metrics.update({"is_weight_mean": 1.0, "is_clipfrac": float(cfg.is_clip <= 1.0)})
+        return result
 
 
 def chunk_settings(cfg: SdpoConfig, ctx: MethodContext) -> ChunkSettings:

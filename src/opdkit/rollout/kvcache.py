@@ -1,0 +1,135 @@
+"""The key/value cache ``sample`` hands to Hugging Face ``generate``: prefilled once per distinct prompt, and
+written in place.
+
+- Shared prefill: the G samples of a prompt start from the same prefix, so the cache of every prompt's first
+  P−1 columns is computed for the distinct prompts and repeated for their G rows (``generate`` then runs the
+  last prompt column and samples). Prefill cost drops from N·P to Q·P token positions.
+- In-place appends: a ``DynamicLayer`` appends each new token with ``torch.cat``, which copies the whole
+  cache of the layer every step (O(L²) copying for L tokens; on a small model about a quarter of a decode
+  step on CPU). Here the layers keep buffers sized for the whole generation (prompt width + max_new_tokens)
+  and expose views of their filled part, so an append writes one column. Attention sees exactly the same
+  keys and values, so the tokens and log-probs are those of the default cache.
+
+Both apply only to a plain ``DynamicCache`` of full-attention layers (what Llama-, Qwen- and Mistral-style
+models use by default); other models (sliding-window, linear-attention, encoder-decoder caches) get
+``generate``'s own cache.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+
+from opdkit.rollout.logprobs import position_ids_from_mask
+from opdkit.rollout.padding import Padded
+
+
+def is_plain_cache(cache: Any) -> bool:
+    """A ``DynamicCache`` of full-attention ``DynamicLayer``s only: its rows can be copied by indexing."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    return type(cache) is DynamicCache and bool(layers) and all(type(la) is DynamicLayer for la in layers)
+
+
+@functools.cache
+def _preallocated_layer_type() -> type:
+    from transformers.cache_utils import DynamicLayer
+
+    class PreallocatedLayer(DynamicLayer):
+        """A ``DynamicLayer`` whose ``keys``/``values`` are views of buffers with room for ``capacity``
+        positions; ``update`` writes the new positions in place (doubling the room if it runs out)."""
+
+        def __init__(self, capacity: int) -> None:
+            super().__init__()
+            self.capacity = capacity
+            self._views: tuple[torch.Tensor, torch.Tensor] | None = None
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            new = key_states.shape[-2]
+            # first use, keys replaced from outside (crop, reorder...), or out of room: copy into new buffers
+            if self._views is None or self._views[0] is not self.keys or self._end() + new > self._room():
+                self._rebuffer(key_states, value_states, extra=new)
+            start, end = self._end(), self._end() + new
+            self._key_buf[..., start:end, :].copy_(key_states)
+            self._value_buf[..., start:end, :].copy_(value_states)
+            self._set_views(end)
+            return self.keys, self.values
+
+        def _end(self) -> int:
+            return self.keys.shape[-2] if self.keys.dim() == 4 else 0
+
+        def _room(self) -> int:
+            return self._key_buf.shape[-2]
+
+        def _rebuffer(self, like_k: torch.Tensor, like_v: torch.Tensor, extra: int) -> None:
+            """Buffers shaped like ``like_k``/``like_v`` (N, heads, ·, d) holding the current keys/values,
+            with room for ``extra`` more positions."""
+            length = self._end()
+            room = max(self.capacity, 2 * (length + extra))
+            key_buf = like_k.new_empty((*like_k.shape[:-2], room, like_k.shape[-1]))
+            value_buf = like_v.new_empty((*like_v.shape[:-2], room, like_v.shape[-1]))
+            if length:
+                key_buf[..., :length, :].copy_(self.keys)
+                value_buf[..., :length, :].copy_(self.values)
+            self._key_buf, self._value_buf = key_buf, value_buf
+            self._set_views(length)
+
+        def _set_views(self, end: int) -> None:
+            self.keys, self.values = self._key_buf[..., :end, :], self._value_buf[..., :end, :]
+            self._views = (self.keys, self.values)
+
+    return PreallocatedLayer
+
+
+def preallocate(cache: Any, capacity: int) -> Any:
+    """``cache`` (a plain ``DynamicCache``, empty or filled) with every layer writing in place."""
+    layer_type = _preallocated_layer_type()
+    layers = []
+    for old in cache.layers:
+        new = layer_type(capacity)
+        if old.is_initialized and old.keys.dim() == 4:
+            new.lazy_initialization(old.keys, old.values)
+            new.keys, new.values = old.keys, old.values
+            new._rebuffer(old.keys, old.values, extra=0)
+        layers.append(new)
+    cache.layers = layers
+    return cache
+
+
+def shared_prefill(model: Any, prompts: Padded, n: int) -> Any:
+    """The cache of every prompt's first P−1 columns, computed once per distinct prompt and repeated for its
+    n samples, or None when there is nothing to share or the cache is not plain. Every prefilled row holds a
+    real token (prompts of length >= 2)."""
+    width = prompts.ids_N_T.shape[1]
+    if n == 1 or width < 2 or int(prompts.mask_N_T.sum(-1).min()) < 2:
+        return None
+    device = next(model.parameters()).device
+    ids_Q_S = prompts.ids_N_T[:, : width - 1].to(device)
+    mask_Q_S = prompts.mask_N_T[:, : width - 1].to(device)
+    out = model(
+        input_ids=ids_Q_S, attention_mask=mask_Q_S, position_ids=position_ids_from_mask(mask_Q_S),
+        use_cache=True, logits_to_keep=1,
+    )  # fmt: skip
+    cache = out.past_key_values
+    if not is_plain_cache(cache):
+        return None
+    cache.batch_repeat_interleave(n)  # rows of a group are contiguous (repeat_interleave), as in sample
+    return cache
+
+
+def generation_cache(model: Any, prompts: Padded, n: int, max_new_tokens: int, *, share: bool) -> Any:
+    """The cache to pass to ``generate`` for ``n`` samples of each prompt (module docstring), or None to let
+    ``generate`` build its own (a model whose cache is not plain)."""
+    from transformers.cache_utils import DynamicCache
+
+    cache = shared_prefill(model, prompts, n) if share else None
+    if cache is None:
+        cache = DynamicCache(config=model.config)
+        if not is_plain_cache(cache):
+            return None
+    return preallocate(cache, prompts.ids_N_T.shape[1] + max_new_tokens)
