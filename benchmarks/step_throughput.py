@@ -18,9 +18,8 @@ The same work in both frameworks:
 - the same prompts (synthetic 3-digit addition, 39 prompt tokens each through the chat template), Q prompts ×
   G rollouts per step, sampling at temperature 1 with top-p 1 and top-k off, through Hugging Face
   ``generate`` with the KV cache (no vLLM);
-- every response exactly ``--max-new-tokens`` long: the saved model's ``generation_config.json`` has
-  ``suppress_tokens = [eos]``, which ``generate`` merges into the generation config that either framework
-  passes, so no response ends early (checked: each case reports its mean response length, and the run fails
+- every response exactly ``--max-new-tokens`` long: the saved tokenizer's EOS is a token past the model's
+  vocabulary, so no response ends early (checked: each case reports its mean response length, and the run fails
   if it is not exactly the limit);
 - a reward with a mixed pass rate for a random model (``bench/parity``: success when the first character of
   the response has an even code), so that every step updates in both frameworks: no zero-advantage GRPO step
@@ -110,7 +109,7 @@ def register_verifier() -> None:
 
 
 def prepare_inputs(root: Path, bench: Bench) -> None:
-    """Save the tiny model (EOS suppressed in its generation config) and the prompts under ``root``."""
+    """Save the tiny model (with an EOS it cannot emit) and the prompts under ``root``."""
     from opdkit.models import TinyModelConfig, build_char_tokenizer, build_tiny_model, save_pretrained_atomic
     from opdkit.tasks import TaskSpec, generate
 
@@ -120,7 +119,12 @@ def prepare_inputs(root: Path, bench: Bench) -> None:
         intermediate_size=bench.intermediate,
     )  # fmt: skip
     model = build_tiny_model(config, tok, seed=bench.seed)
-    model.generation_config.suppress_tokens = [tok.eos_token_id]  # every response is max_new_tokens long
+    # Every response is exactly max_new_tokens long: EOS becomes a token the model cannot emit (an id past its
+    # vocabulary), so neither framework's sampler can stop early. (A ``suppress_tokens`` entry in the saved
+    # generation config would only bind TRL: opdkit samples with a clean generation config on purpose.)
+    tok.add_special_tokens({"eos_token": "<never>"})
+    model.config.eos_token_id = model.generation_config.eos_token_id = tok.eos_token_id
+    assert tok.eos_token_id >= model.config.vocab_size
     save_pretrained_atomic(model, tok, root / "model")
     rows = generate(TaskSpec(task="addition", difficulty=3, style="boxed"), n=512, seed=bench.seed)
     with open(root / "train.jsonl", "w") as f:

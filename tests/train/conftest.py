@@ -27,6 +27,12 @@ def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def warm_cache(tmp_path_factory) -> Path:
+    """One warm-start cache for the session's slow tests (the default tiny pair is trained once, ~2.5 min)."""
+    return tmp_path_factory.mktemp("warmstart-cache")
+
+
+@pytest.fixture(scope="session")
 def toy_data(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "toy.jsonl"
     rows = [

@@ -26,11 +26,6 @@ pytestmark = pytest.mark.slow
 MARGIN = 0.08  # absolute mean@k gain required, whatever the measured noise
 
 
-@pytest.fixture(scope="module")
-def warm_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("warmstart-cache")
-
-
 def _eval_rows(run_dir: Path) -> list[dict]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [r for r in rows if "eval/mean@4" in r]
