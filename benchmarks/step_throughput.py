@@ -19,8 +19,8 @@ The same work in both frameworks:
   G rollouts per step, sampling at temperature 1 with top-p 1 and top-k off, through Hugging Face
   ``generate`` with the KV cache (no vLLM);
 - every response exactly ``--max-new-tokens`` long: the saved tokenizer's EOS is a token past the model's
-  vocabulary, so no response ends early (checked: each case reports its mean response length, and the run fails
-  if it is not exactly the limit);
+  vocabulary, so no response ends early (checked: each case reports its mean response length, and the run
+  fails if it is not exactly the limit);
 - a reward with a mixed pass rate for a random model (``bench/parity``: success when the first character of
   the response has an even code), so that every step updates in both frameworks: no zero-advantage GRPO step
   is skipped by opdkit, and SDPO has successful siblings to put in nearly every teacher context;
