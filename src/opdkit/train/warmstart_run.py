@@ -244,5 +244,9 @@ def run_warm_start(config: WarmStartConfig, out: Path, log: Callable[[str], None
         total_seconds=round(time.perf_counter() - start, 2),
         probes=trainer.probes,
     )
-    log(f"warm start: {report}")
+    log(
+        f"warm start: student {report.student_pass_rate:.3f} (step {report.student_step}), teacher "
+        f"{report.teacher_pass_rate:.3f} (step {report.teacher_step}), student with a demonstration "
+        f"{report.student_demo_pass_rate:.3f}; {report.total_seconds:.0f} s (probes in report.json)"
+    )
     return report
