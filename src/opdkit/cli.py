@@ -3,7 +3,7 @@
 opdkit train CONFIG.yaml [section.key=value ...] [--output DIR] [--resume | --overwrite]
 opdkit eval --model PATH --data FILE_OR_BENCHMARK_OR_task --k N
 opdkit plot RUN_DIR [RUN_DIR ...] [--out DIR]
-opdkit demo [--quick]
+opdkit demo [--quick] [--output DIR] [--workers N]
 opdkit methods
 opdkit serve-teacher --model PATH [--port 8000] [--api-key KEY]
 opdkit verl-config CONFIG.yaml [section.key=value ...]   (the verl launch command; docs/verl.md)
@@ -63,7 +63,7 @@ def train(
         typer.echo("\n".join(describe(TrainConfig)))
         return
     try:
-        cfg = load_config(_resolve_config_path(config), overrides or [])
+        cfg = load_config(config, overrides or [])  # a YAML path or a preset name (resolve_preset)
     except (ConfigError, KeyError) as exc:
         _fail(str(exc))
     from opdkit.train import train as run_train
@@ -150,7 +150,7 @@ def demo(
     output: str = typer.Option("runs/demo", "--output", "-o", help="Where the runs, plots and table go."),
     workers: int = typer.Option(None, help="Runs at once (default: the number of cores, at most 4)."),
 ) -> None:
-    """Warm-start a tiny teacher and student, train opd vs scope and sdpo vs sc_sdpo (2 seeds), compare."""
+    """Warm-start a tiny teacher and student, train opd vs scope and sdpo vs sc_sdpo (3 seeds), compare."""
     from opdkit.train.demo import DemoPlan, run_demo
 
     result = run_demo(output, DemoPlan.standard(quick=quick, workers=workers), log=typer.echo)
