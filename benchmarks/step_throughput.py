@@ -16,8 +16,9 @@ The same work in both frameworks:
 - one saved tiny model (``opdkit.models.build_tiny_model``, float32) and its character tokenizer, loaded from
   the same directory by both; one intra-op thread (``torch.set_num_threads(1)``, ``OMP_NUM_THREADS=1``);
 - the same prompts (synthetic 3-digit addition, 39 prompt tokens each through the chat template), Q prompts ×
-  G rollouts per step, sampling at temperature 1 with top-p 1 and top-k off, through Hugging Face
-  ``generate`` with the KV cache (no vLLM);
+  G rollouts per step, sampling at temperature 1 with top-p 1 and top-k off with a KV cache, no vLLM (TRL:
+  Hugging Face ``generate``; opdkit: its own decode loop, ``opdkit.rollout.decode``, which samples from the
+  same distribution with the same model forwards, one per new token);
 - every response exactly ``--max-new-tokens`` long: the saved tokenizer's EOS is a token past the model's
   vocabulary, so no response ends early (checked: each case reports its mean response length, and the run
   fails if it is not exactly the limit);
@@ -305,8 +306,10 @@ def print_table(rows: list[dict[str, Any]], bench: Bench) -> None:
 PHASES = {
     "opdkit": [
         ("rollouts (sample, verify, old log-probs)", "opdkit/train/rollouts.py", "collect_rollouts"),
-        ("  HF generate", "transformers/generation/utils.py", "generate"),
-        ("  shared prompt prefill", "opdkit/rollout/sampling.py", "_shared_prefill"),
+        ("  shared prompt prefill", "opdkit/rollout/kvcache.py", "decode_prefill"),
+        ("  decode loop (rollout.decode)", "opdkit/rollout/decode.py", "decode"),
+        ("    token draw (inverse CDF)", "opdkit/rollout/decode.py", "inverse_cdf_draw"),
+        ("  HF generate (models without a plain cache)", "transformers/generation/utils.py", "generate"),
         ("  old log-probs forward", "opdkit/train/forward.py", "old_logprobs"),
         ("prepare (advantages / teacher prompts)", "opdkit/train/methods/", "prepare"),
         ("updates (run_updates)", "opdkit/train/update.py", "run_updates"),

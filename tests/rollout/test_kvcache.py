@@ -97,3 +97,19 @@ def test_models_without_a_plain_cache_get_generate_s_own(tok):
     from transformers.cache_utils import DynamicCache
 
     assert not is_plain_cache(DynamicCache(config=config))
+
+
+def test_a_whole_prefill_gives_every_sample_the_prompt_s_last_logits(tok, model):
+    from opdkit.rollout.kvcache import decode_prefill
+
+    prompts = [[1, 8, 9, 10], [1, 11], [1]]  # left padding, and a one-token prompt
+    padded = pad_sequences(prompts, tok.pad_token_id, side="left")
+    with torch.no_grad():
+        prefill = decode_prefill(model, padded, 3, 5, share=True)
+        assert prefill.cache.get_seq_length() == 4 and prefill.last_logits_N_V.shape == (9, len(tok))
+        for i, ids in enumerate(prompts):  # each prompt alone, unpadded
+            want_V = model(torch.tensor([ids])).logits[0, -1].float()
+            for row in range(3 * i, 3 * i + 3):
+                torch.testing.assert_close(prefill.last_logits_N_V[row], want_V, atol=1e-5, rtol=1e-5)
+        unshared = decode_prefill(model, padded, 3, 5, share=False)
+        assert unshared.cache.get_seq_length() == 0 and unshared.last_logits_N_V is None

@@ -1,9 +1,10 @@
-"""The key/value cache ``sample`` hands to Hugging Face ``generate``: prefilled once per distinct prompt, and
-written in place.
+"""The key/value cache ``sample`` decodes with (``rollout.decode`` or Hugging Face ``generate``): prefilled
+once per distinct prompt, and written in place.
 
-- Shared prefill: the G samples of a prompt start from the same prefix, so the cache of every prompt's first
-  P−1 columns is computed for the distinct prompts and repeated for their G rows (``generate`` then runs the
-  last prompt column and samples). Prefill cost drops from N·P to Q·P token positions.
+- Shared prefill: the G samples of a prompt start from the same prefix, so the prompts' cache is computed for
+  the distinct prompts and repeated for their G rows. For ``generate`` it covers the first P−1 columns
+  (``generate`` runs the last prompt column and samples); for ``rollout.decode`` all P columns, whose last
+  logits give the first token of every sample. Prefill cost drops from N·P to Q·P token positions.
 - In-place appends: a ``DynamicLayer`` appends each new token with ``torch.cat``, which copies the whole
   cache of the layer every step (O(L²) copying for L tokens; on a small model about a quarter of a decode
   step on CPU). Here the layers keep buffers sized for the whole generation (prompt width + max_new_tokens)
@@ -18,6 +19,7 @@ models use by default); other models (sliding-window, linear-attention, encoder-
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -101,16 +103,32 @@ def preallocate(cache: Any, capacity: int) -> Any:
     return cache
 
 
-def shared_prefill(model: Any, prompts: Padded, n: int) -> Any:
-    """The cache of every prompt's first P−1 columns, computed once per distinct prompt and repeated for its
-    n samples, or None when there is nothing to share or the cache is not plain. Every prefilled row holds a
-    real token (prompts of length >= 2)."""
+@dataclass(frozen=True)
+class Prefill:
+    """cache: a plain cache of the prompts' first ``cache.get_seq_length()`` columns, written in place;
+    last_logits_N_V: float32 logits after the whole prompt (when the prefill covered every column), else
+    None."""
+
+    cache: Any
+    last_logits_N_V: torch.Tensor | None
+
+
+def shared_prefill(model: Any, prompts: Padded, n: int, *, whole: bool = False) -> Prefill | None:
+    """The cache of the prompts computed once per distinct prompt and repeated for its n samples (rows of a
+    group are contiguous, as in ``sample``), or None when there is nothing to share or the cache is not
+    plain. ``whole=False`` covers the first P−1 columns (``generate`` runs the last one itself; every
+    prompt needs 2 real tokens), ``whole=True`` all P columns and also returns the last logits, from which
+    the first token of all n samples is drawn (``rollout.decode``)."""
     width = prompts.ids_N_T.shape[1]
-    if n == 1 or width < 2 or int(prompts.mask_N_T.sum(-1).min()) < 2:
+    shortest = int(prompts.mask_N_T.sum(-1).min())
+    if not whole and (n == 1 or width < 2 or shortest < 2):
         return None
+    if whole and shortest < 1:
+        return None
+    cols = width if whole else width - 1
     device = next(model.parameters()).device
-    ids_Q_S = prompts.ids_N_T[:, : width - 1].to(device)
-    mask_Q_S = prompts.mask_N_T[:, : width - 1].to(device)
+    ids_Q_S = prompts.ids_N_T[:, :cols].to(device)
+    mask_Q_S = prompts.mask_N_T[:, :cols].to(device)
     out = model(
         input_ids=ids_Q_S, attention_mask=mask_Q_S, position_ids=position_ids_from_mask(mask_Q_S),
         use_cache=True, logits_to_keep=1,
@@ -118,8 +136,9 @@ def shared_prefill(model: Any, prompts: Padded, n: int) -> Any:
     cache = out.past_key_values
     if not is_plain_cache(cache):
         return None
-    cache.batch_repeat_interleave(n)  # rows of a group are contiguous (repeat_interleave), as in sample
-    return cache
+    cache.batch_repeat_interleave(n)
+    last = out.logits[:, -1].float().repeat_interleave(n, dim=0) if whole else None
+    return Prefill(cache, last)
 
 
 def generation_cache(model: Any, prompts: Padded, n: int, max_new_tokens: int, *, share: bool) -> Any:
@@ -127,9 +146,25 @@ def generation_cache(model: Any, prompts: Padded, n: int, max_new_tokens: int, *
     ``generate`` build its own (a model whose cache is not plain)."""
     from transformers.cache_utils import DynamicCache
 
-    cache = shared_prefill(model, prompts, n) if share else None
-    if cache is None:
-        cache = DynamicCache(config=model.config)
-        if not is_plain_cache(cache):
-            return None
+    prefill = shared_prefill(model, prompts, n) if share else None
+    cache = prefill.cache if prefill is not None else DynamicCache(config=model.config)
+    if not is_plain_cache(cache):
+        return None
     return preallocate(cache, prompts.ids_N_T.shape[1] + max_new_tokens)
+
+
+def decode_prefill(
+    model: Any, prompts: Padded, n: int, max_new_tokens: int, *, share: bool
+) -> Prefill | None:
+    """The prefill ``rollout.decode`` starts from: with ``share`` the whole prompts once per distinct prompt
+    (and their last logits), else an empty cache (the loop prefills every copy); None when the model's cache
+    is not plain."""
+    from transformers.cache_utils import DynamicCache
+
+    prefill = shared_prefill(model, prompts, n, whole=True) if share else None
+    if prefill is None:
+        prefill = Prefill(DynamicCache(config=model.config), None)
+        if not is_plain_cache(prefill.cache):
+            return None
+    preallocate(prefill.cache, prompts.ids_N_T.shape[1] + max_new_tokens)
+    return prefill

@@ -1,5 +1,4 @@
-"""Batched sampling with Hugging Face ``generate`` (KV cache): G samples per prompt, seeded, with the
-sampler's own log-probs.
+"""Batched sampling with a key/value cache: G samples per prompt, seeded, with the sampler's own log-probs.
 
 ALGORITHMS.md §1: each prompt is repeated G times with ``repeat_interleave``, so the members of a group are
 contiguous and share one ``group_ids_N`` value. Generation stops at EOS or after ``max_new_tokens``; a
@@ -7,13 +6,15 @@ truncated response keeps its tokens in the mask. The response mask covers every 
 the first EOS; padding after it is 0.
 
 The sampler's log-prob of each chosen token is ``log_softmax(raw_logits / T)`` at that token (before top-k /
-top-p filtering, the same quantity the trainer recomputes, §0), recorded one step at a time by a logits
-processor, so no (N, L, V) tensor is kept. Greedy decoding (T = 0) reports log_softmax(raw logits).
-``SamplingParams(logprobs=False)`` skips the recording (an (N, V) log-softmax per generated token).
+top-p filtering, the same quantity the trainer recomputes, §0), recorded one step at a time, so no (N, L, V)
+tensor is kept. Greedy decoding (T = 0) reports log_softmax(raw logits). ``SamplingParams(logprobs=False)``
+skips the recording (an (N, V) log-softmax per generated token).
 
-``generate`` gets a key/value cache from ``rollout.kvcache``: each prompt prefilled once for its G samples,
-and new tokens written in place rather than appended by re-copying the cache (the same tokens and log-probs;
-only rounding differs). ``share_prompts=False`` prefills every copy, as ``generate`` alone does.
+The cache comes from ``rollout.kvcache``: each prompt prefilled once for its G samples, and new tokens written
+in place rather than appended by re-copying the cache (the same tokens and log-probs; only rounding differs).
+``share_prompts=False`` prefills every copy. With such a cache the tokens are sampled by ``rollout.decode``,
+a lean loop that samples from the distribution Hugging Face ``generate`` samples from, with less work per
+token; models whose cache is not plain go through ``generate`` itself (``use_generate=True`` forces it).
 
     params = SamplingParams(n=8, temperature=1.0, max_new_tokens=16)
     batch = sample(model, tok, encode_chats(tok, [row["prompt"] for row in rows]), params, seed=0)
@@ -22,13 +23,14 @@ only rounding differs). ``share_prompts=False`` prefills every copy, as ``genera
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from opdkit.rollout.kvcache import generation_cache
+from opdkit.rollout.decode import Decoded, decode
+from opdkit.rollout.kvcache import decode_prefill, generation_cache
 from opdkit.rollout.padding import pad_sequences
 
 
@@ -130,21 +132,64 @@ def sample(
     seed: int | None = None,
     first_group_id: int = 0,
     share_prompts: bool = True,
+    use_generate: bool = False,
+    draw: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Rollout:
     """Sample ``params.n`` responses for each prompt (unpadded id lists); see the module docstring.
 
     With ``seed`` the sampling is reproducible and the caller's global RNG state is left untouched; without it
     the global torch RNG is used (and advanced). Group ids are ``first_group_id + prompt index``.
-    ``share_prompts=False`` prefills every copy of a prompt (the reference the tests compare with).
+    ``share_prompts=False`` prefills every copy of a prompt, and ``use_generate=True`` samples through
+    ``generate`` even when ``rollout.decode`` could (the references the tests compare with); ``draw`` is
+    ``rollout.decode``'s token draw (default inverse CDF; ``multinomial_draw`` takes the tokens ``generate``
+    would from the same seed).
     """
-    from transformers import GenerationConfig, LogitsProcessorList
-
     device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else _eos_ids(model, tokenizer)[0]
+    eos_ids = _eos_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     prompts = pad_sequences(prompt_ids, pad_id, side="left")
     ids_N_P = prompts.ids_N_T.repeat_interleave(params.n, dim=0).to(device)
     mask_N_P = prompts.mask_N_T.repeat_interleave(params.n, dim=0).to(device)
     group_ids_N = torch.arange(len(prompt_ids), dtype=torch.long).repeat_interleave(params.n) + first_group_id
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=_cuda_devices(device), enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            prefill = None
+            if not use_generate:  # the lean loop runs in inference mode, so its prefill may too
+                with torch.inference_mode():
+                    prefill = decode_prefill(
+                        model, prompts, params.n, params.max_new_tokens, share=share_prompts
+                    )
+            if prefill is not None:
+                out = decode(
+                    model, ids_N_P, mask_N_P, prefill, temperature=params.temperature, top_k=params.top_k,
+                    top_p=params.top_p, max_new_tokens=params.max_new_tokens, eos_ids=eos_ids, pad_id=pad_id,
+                    logprobs=params.logprobs, draw=draw,
+                )  # fmt: skip
+            else:
+                cache = generation_cache(model, prompts, params.n, params.max_new_tokens, share=share_prompts)
+                out = _generate(model, ids_N_P, mask_N_P, cache, params, eos_ids, pad_id)
+    finally:
+        model.train(was_training)
+    return _assemble(tokenizer, eos_ids, ids_N_P, mask_N_P, out, group_ids_N)
+
+
+def _generate(
+    model: Any,
+    ids_N_P: torch.Tensor,
+    mask_N_P: torch.Tensor,
+    cache: Any,
+    params: SamplingParams,
+    eos_ids: list[int],
+    pad_id: int,
+) -> Decoded:
+    """Sampling through Hugging Face ``generate`` (with ``cache`` when there is one), the sampler's log-probs
+    recorded by ``_ChosenTokenLogprobs``."""
+    from transformers import GenerationConfig, LogitsProcessorList
+
     greedy = params.temperature == 0
     config = GenerationConfig(
         do_sample=not greedy,
@@ -152,40 +197,32 @@ def sample(
         top_p=None if greedy else params.top_p,
         top_k=None if greedy else params.top_k,
         max_new_tokens=params.max_new_tokens,
-        eos_token_id=_eos_ids(model, tokenizer),
+        eos_token_id=eos_ids,
         pad_token_id=pad_id,
         return_dict_in_generate=True,
         use_cache=True,
     )
     recorder = _ChosenTokenLogprobs(params.temperature) if params.logprobs else None
-    was_training, saved_config = model.training, model.generation_config
+    saved_config = model.generation_config
     # generate() fills every field we leave unset from model.generation_config (a real checkpoint may carry a
     # repetition penalty, top-k 20, ...), which would silently change the distribution; give it a clean one.
     model.generation_config = GenerationConfig(
-        eos_token_id=config.eos_token_id, pad_token_id=pad_id, bos_token_id=saved_config.bos_token_id
+        eos_token_id=eos_ids, pad_token_id=pad_id, bos_token_id=saved_config.bos_token_id
     )
-    model.eval()
     try:
-        cache = generation_cache(model, prompts, params.n, params.max_new_tokens, share=share_prompts)
-        with torch.random.fork_rng(devices=_cuda_devices(device), enabled=seed is not None):
-            if seed is not None:
-                torch.manual_seed(seed)
-            out = model.generate(
-                input_ids=ids_N_P,
-                attention_mask=mask_N_P,
-                generation_config=config,
-                logits_processor=LogitsProcessorList([recorder] if recorder is not None else []),
-                **({"past_key_values": cache} if cache is not None else {}),
-            )
+        out = model.generate(
+            input_ids=ids_N_P,
+            attention_mask=mask_N_P,
+            generation_config=config,
+            logits_processor=LogitsProcessorList([recorder] if recorder is not None else []),
+            **({"past_key_values": cache} if cache is not None else {}),
+        )
     finally:
-        model.train(was_training)
         model.generation_config = saved_config
-    response_ids_N_L = out.sequences[:, ids_N_P.shape[1] :]
     if recorder is not None:
         recorder.collect(out.sequences)  # the last step's chosen token
-    return _assemble(
-        tokenizer, _eos_ids(model, tokenizer), ids_N_P, mask_N_P, response_ids_N_L, recorder, group_ids_N
-    )
+    logp_N_L = None if recorder is None else torch.stack(recorder.logps, dim=1)
+    return Decoded(out.sequences[:, ids_N_P.shape[1] :], logp_N_L)
 
 
 def _cuda_devices(device: torch.device) -> list[int]:
@@ -197,14 +234,13 @@ def _assemble(
     eos_ids: list[int],
     ids_N_P: torch.Tensor,
     mask_N_P: torch.Tensor,
-    response_ids_N_L: torch.Tensor,
-    recorder: _ChosenTokenLogprobs | None,
+    out: Decoded,
     group_ids_N: torch.Tensor,
 ) -> Rollout:
-    mask_N_L, truncated_N = _response_mask(response_ids_N_L, eos_ids)
-    logp_N_L = None if recorder is None else torch.stack(recorder.logps, dim=1) * mask_N_L.float()
+    mask_N_L, truncated_N = _response_mask(out.response_ids_N_L, eos_ids)
+    logp_N_L = None if out.logp_N_L is None else out.logp_N_L * mask_N_L.float()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
-    response_ids_N_L = response_ids_N_L.masked_fill(mask_N_L == 0, pad_id)
+    response_ids_N_L = out.response_ids_N_L.masked_fill(mask_N_L == 0, pad_id)
     texts = tokenizer.batch_decode(
         [r[m.bool()].tolist() for r, m in zip(response_ids_N_L, mask_N_L)], skip_special_tokens=True
     )
