@@ -144,13 +144,8 @@ def shared_prefill(model: Any, prompts: Padded, n: int, *, whole: bool = False) 
 def generation_cache(model: Any, prompts: Padded, n: int, max_new_tokens: int, *, share: bool) -> Any:
     """The cache to pass to ``generate`` for ``n`` samples of each prompt (module docstring), or None to let
     ``generate`` build its own (a model whose cache is not plain)."""
-    from transformers.cache_utils import DynamicCache
-
-    prefill = shared_prefill(model, prompts, n) if share else None
-    cache = prefill.cache if prefill is not None else DynamicCache(config=model.config)
-    if not is_plain_cache(cache):
-        return None
-    return preallocate(cache, prompts.ids_N_T.shape[1] + max_new_tokens)
+    prefill = _prefill(model, prompts, n, max_new_tokens, share=share, whole=False)
+    return None if prefill is None else prefill.cache
 
 
 def decode_prefill(
@@ -159,9 +154,17 @@ def decode_prefill(
     """The prefill ``rollout.decode`` starts from: with ``share`` the whole prompts once per distinct prompt
     (and their last logits), else an empty cache (the loop prefills every copy); None when the model's cache
     is not plain."""
+    return _prefill(model, prompts, n, max_new_tokens, share=share, whole=True)
+
+
+def _prefill(
+    model: Any, prompts: Padded, n: int, max_new_tokens: int, *, share: bool, whole: bool
+) -> Prefill | None:
+    """``shared_prefill`` when ``share`` and it applies, else an empty cache; written in place with room for
+    the prompts and ``max_new_tokens``. None when the model's cache is not plain."""
     from transformers.cache_utils import DynamicCache
 
-    prefill = shared_prefill(model, prompts, n, whole=True) if share else None
+    prefill = shared_prefill(model, prompts, n, whole=whole) if share else None
     if prefill is None:
         prefill = Prefill(DynamicCache(config=model.config), None)
         if not is_plain_cache(prefill.cache):

@@ -174,7 +174,7 @@ def sample(
                 out = _generate(model, ids_N_P, mask_N_P, cache, params, eos_ids, pad_id)
     finally:
         model.train(was_training)
-    return _assemble(tokenizer, eos_ids, ids_N_P, mask_N_P, out, group_ids_N)
+    return _assemble(tokenizer, eos_ids, pad_id, ids_N_P, mask_N_P, out, group_ids_N)
 
 
 def _generate(
@@ -232,6 +232,7 @@ def _cuda_devices(device: torch.device) -> list[int]:
 def _assemble(
     tokenizer: Any,
     eos_ids: list[int],
+    pad_id: int,
     ids_N_P: torch.Tensor,
     mask_N_P: torch.Tensor,
     out: Decoded,
@@ -239,7 +240,6 @@ def _assemble(
 ) -> Rollout:
     mask_N_L, truncated_N = _response_mask(out.response_ids_N_L, eos_ids)
     logp_N_L = None if out.logp_N_L is None else out.logp_N_L * mask_N_L.float()
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     response_ids_N_L = out.response_ids_N_L.masked_fill(mask_N_L == 0, pad_id)
     texts = tokenizer.batch_decode(
         [r[m.bool()].tolist() for r, m in zip(response_ids_N_L, mask_N_L)], skip_special_tokens=True
