@@ -42,7 +42,9 @@ class ToolCalls:
     inputs: dict = field(default_factory=dict)
 
 
-_ACTION_RE = re.compile(r"Action:\s*(\w+)")
+# An action name may start with a bracketed tag: a ToolAlpaca gold action is "[Optional]updateUserProfile".
+_ACTION_RE = re.compile(r"Action:\s*((?:\[\w+\])?\w+)")
+_COMPAT_ACTION_RE = re.compile(r"Action:\s*(\w+)")  # the reference's: "Action: [Optional]x" yields nothing
 _INPUT_RE = re.compile(r"Action Input:\s*")
 _COMPAT_INPUT_RE = re.compile(r"Action Input:\s*(\{.*?\})", re.DOTALL)
 _DECODER = json.JSONDecoder()
@@ -81,11 +83,13 @@ def _compat_objects(text: str) -> list:
 def parse_tool_calls(text: str, *, compat_regex: bool = False) -> ToolCalls:
     """Parse ``Action:`` names and merge the ``Action Input:`` JSON objects (ALGORITHMS.md §9.3).
 
-    ``compat_regex=True`` reproduces the reference's non-greedy ``{.*?}`` match, which cuts nested objects
-    short (kept for parity with lasgroup/SDPO); the default decodes one whole JSON value after each marker
-    (nested objects and braces inside strings work). Unparsable or non-object inputs are skipped.
+    ``compat_regex=True`` reproduces the reference's regexes (kept for parity with lasgroup/SDPO): the
+    non-greedy ``{.*?}`` match, which cuts nested objects short, and ``\\w+`` action names, which cannot read
+    a bracketed name such as ``[Optional]updateUserProfile``. The default decodes one whole JSON value after
+    each marker (nested objects and braces inside strings work) and reads an optional ``[tag]`` prefix of a
+    name. Unparsable or non-object inputs are skipped.
     """
-    actions = _ACTION_RE.findall(text)
+    actions = (_COMPAT_ACTION_RE if compat_regex else _ACTION_RE).findall(text)
     merged: dict = {}
     for obj in _compat_objects(text) if compat_regex else _objects_after_inputs(text):
         if isinstance(obj, dict):

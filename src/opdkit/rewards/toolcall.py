@@ -7,8 +7,11 @@ completion is right iff
 - the ``Action Input:`` JSON objects merged with ``dict.update`` (later keys win) equal the gold inputs merged
   the same way (Python equality: key order is free, ``"1"`` != ``1``).
 
-``Action Input:`` objects are found with real brace matching, so nested objects work; ``compat_regex=True``
-reproduces the reference's non-greedy ``{.*?}`` match instead, which cuts nested objects short.
+``Action Input:`` objects are found with real brace matching, so nested objects work, and an action name may
+carry a bracketed tag (a ToolAlpaca gold action is ``[Optional]updateUserProfile``). ``compat_regex=True``
+reproduces the reference's regexes instead: the non-greedy ``{.*?}`` match, which cuts nested objects short,
+and ``\\w+`` names, under which that gold can never be matched. From a training config:
+``data.verifier_options: {toolcall: {compat_regex: true}}``.
 
 Feedback names the failing parts, joined with "; " (exact reference strings, Python reprs):
 ``Actions mismatch: predicted ['a'], expected ['b']`` and

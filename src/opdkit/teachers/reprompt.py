@@ -6,6 +6,7 @@ ALGORITHMS.md §4.2-§4.5 (lasgroup/SDPO ``_maybe_build_self_distillation_batch`
     cand_i  = S_q minus {i}              (dont_reprompt_on_self_success, default)    else S_q
     demo_i  = text of the first element of cand_i in batch order, or None
     use_fb  = has_feedback_i and (not feedback_only_without_solution or demo_i is None)
+              (has_feedback_i: the feedback is not empty or whitespace only)
     sd_mask = demo_i is not None or use_fb
 
 The teacher sees the original conversation with only its last user message rewritten:
@@ -61,7 +62,8 @@ def plan_reprompts(
     for i, g in enumerate(group_ids):
         cands = [j for j in first_two.get(g, []) if not (dont_reprompt_on_self_success and j == i)]
         demo = cands[0] if cands else -1
-        has_fb = include_environment_feedback and bool(feedback[i])
+        # whitespace-only feedback is no feedback (the reference keeps only strings with a non-blank strip())
+        has_fb = include_environment_feedback and bool(feedback[i] and feedback[i].strip())
         use_fb = has_fb and (not feedback_only_without_solution or demo < 0)
         demo_index.append(demo)
         use_feedback.append(use_fb)
@@ -84,7 +86,7 @@ def reprompt_user_text(
     parts = [prompt_text]
     if demonstration is not None:
         parts.append(template.solution.format(demonstration=demonstration))
-    if feedback:
+    if feedback and feedback.strip():
         parts.append(template.feedback.format(feedback=feedback))
     if len(parts) == 1:
         return prompt_text

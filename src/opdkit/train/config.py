@@ -67,6 +67,11 @@ class DataConfig:
     eval: str = doc("task", "held-out data: 'task', a benchmark name, a file path, or '' for none")
     task: TaskConfig = section(TaskConfig, "the synthetic task used when train/eval is 'task'")
     max_prompt_tokens: int = doc(2048, "prompts longer than this are rejected with the row named")
+    verifier_options: Mapping[str, Mapping[str, Any]] | None = doc(
+        None,
+        "options per verifier name for every train/eval row, e.g. {toolcall: {compat_regex: true}} for the "
+        "reference's tool-call regexes (a row's own options win)",
+    )
 
 
 @dataclass(frozen=True)

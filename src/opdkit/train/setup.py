@@ -5,7 +5,9 @@ Kept out of ``loop.py`` so that the loop itself reads top to bottom.
 
 from __future__ import annotations
 
+import dataclasses
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +17,7 @@ import torch
 from opdkit.data import Example
 from opdkit.eval import TaskSource, resolve_examples
 from opdkit.eval.datasets import task_examples_from_problems
-from opdkit.rewards import verify_batch
+from opdkit.rewards import make_verifier, verify_batch
 from opdkit.rollout import SamplingParams, encode_chats, sample
 from opdkit.teachers.base import TEACHERS
 from opdkit.train.config import TrainConfig
@@ -86,6 +88,28 @@ def _task_split(cfg: TrainConfig, split: str) -> list[Example]:
     return task_examples_from_problems(cfg.data.task.spec(), chosen, split)
 
 
+def with_verifier_options(
+    examples: list[Example], options: Mapping[str, Mapping[str, Any]] | None
+) -> list[Example]:
+    """``examples`` with ``data.verifier_options[row.verifier]`` under each row's own options (the row wins).
+
+    Every given verifier is built once here, so an unknown verifier or option fails before training starts.
+    """
+    if not options:
+        return examples
+    for name, opts in options.items():
+        try:
+            make_verifier(name, **dict(opts))
+        except (TypeError, KeyError) as exc:
+            raise ValueError(f"data.verifier_options.{name}: {exc}") from None
+    out = []
+    for ex in examples:
+        given = options.get(ex.verifier)
+        extra = {**ex.extra, "verifier_options": {**dict(given), **ex.verifier_options}} if given else None
+        out.append(ex if extra is None else dataclasses.replace(ex, extra=extra))
+    return out
+
+
 @dataclass(frozen=True)
 class Data:
     train: list[Example]
@@ -99,8 +123,9 @@ def load_data(cfg: TrainConfig, tokenizer: Any, chat_kwargs: dict) -> Data:
     def examples(spec: str, split: str) -> list[Example]:
         return _task_split(cfg, split) if spec == "task" else resolve_examples(spec, split, task_source(cfg))
 
-    train = examples(cfg.data.train, "train")
+    train = with_verifier_options(examples(cfg.data.train, "train"), cfg.data.verifier_options)
     held_out = examples(cfg.data.eval, "eval") if cfg.data.eval else []
+    held_out = with_verifier_options(held_out, cfg.data.verifier_options)
     if cfg.eval.num_problems:
         held_out = held_out[: cfg.eval.num_problems]
     prompt_ids = encode_chats(tokenizer, [ex.prompt for ex in train], **chat_kwargs)
