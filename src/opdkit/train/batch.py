@@ -74,7 +74,8 @@ class Prepared:
     rows: per-row tensors (leading dim N), sliced together with the batch for mini/micro-batches.
     metrics: namespaced floats for ``metrics.jsonl``.
     skip_reason: when set, the step makes no optimizer update and no EMA update (e.g. SC-SDPO with no
-      informative question, §6.3), and the reason is logged.
+      informative question, §6.3), and the reason is logged; with ``optim.step_on_empty`` the loop steps on a
+      zero gradient instead (``update.step_without_signal``).
     """
 
     rows: dict[str, torch.Tensor] = field(default_factory=dict)

@@ -97,6 +97,12 @@ class OptimConfig:
     grad_clip: float = doc(1.0, "global gradient-norm clip (0 = off)")
     mini_batches: int = doc(1, "optimizer updates per step (1 = on-policy; >1 splits the groups, PPO-style)")
     micro_batch_size: int = doc(0, "sequences per forward/backward (0 = the whole mini-batch)")
+    step_on_empty: bool = doc(
+        False,
+        "on a step without signal (all advantages 0, no informative question, no teacher scores) still step "
+        "the optimizer, scheduler and EMA teacher on a zero gradient, as the reference trainers do "
+        "(false: skip them, so momentum and weight decay do not move the weights)",
+    )
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ Each step (DESIGN.md "The training loop"):
 4. ``method.prepare``: teacher scoring (external teacher, or the self-teacher's reprompted context) and the
    method's weights / advantages;
 5. ``run_updates``: loss, optimizer step(s), EMA self-teacher update — skipped when the method says the step
-   carries no signal (e.g. SC-SDPO with no informative question) or the loss/gradient is not finite;
+   carries no signal (e.g. SC-SDPO with no informative question; ``optim.step_on_empty`` steps on a zero
+   gradient instead, as the reference trainers do) or the loss/gradient is not finite;
 6. log one row to ``metrics.jsonl``; evaluate and checkpoint at fixed steps.
 
 Usage::
@@ -54,7 +55,13 @@ from opdkit.train.setup import (
     resolve_device,
     seed_everything,
 )
-from opdkit.train.update import UpdateSettings, UpdateStats, run_updates
+from opdkit.train.update import (
+    UpdateSettings,
+    UpdateStats,
+    mini_batch_rows,
+    run_updates,
+    step_without_signal,
+)
 
 
 @dataclass(frozen=True)
@@ -145,6 +152,9 @@ def train(
             stats = run_updates(
                 method, cfg.method, rollouts.batch, prepared, ctx, (optimizer, scheduler), settings
             )
+        elif cfg.optim.step_on_empty:  # the reference's zero-gradient steps (update.step_without_signal)
+            updates = len(mini_batch_rows(rollouts.batch, cfg.optim.mini_batches))
+            stats = step_without_signal(ctx.student, ctx.self_teacher, (optimizer, scheduler), updates)
         t3 = time.perf_counter()
         failed_rows = prepared.metrics.get("teacher/failed_rows", 0.0)
         teacher_failures = teacher_failures + 1 if failed_rows > 0 else 0
@@ -154,7 +164,8 @@ def train(
             **rollouts.metrics,
             **prepared.metrics,
             **stats.as_metrics(),
-            "train/skipped": float(prepared.skip_reason is not None or stats.updates == 0),
+            "train/skipped": float(stats.updates == 0),
+            "train/no_signal": float(prepared.skip_reason is not None),
             **({"train/skip_reason": prepared.skip_reason} if prepared.skip_reason else {}),
             "train/lr": scheduler.get_last_lr()[0],
             "teacher/consecutive_failed_steps": float(teacher_failures),

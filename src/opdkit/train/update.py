@@ -8,6 +8,12 @@ Each mini-batch's loss denominators are computed from the whole mini-batch first
 losses equals the loss of the whole mini-batch (``core.losses.aggregate(global_denominator=...)``). A
 non-finite loss or gradient norm skips that update: gradients are dropped, the optimizer, scheduler and EMA
 teacher are untouched, and the skip is counted.
+
+A step without signal (the method's ``skip_reason``: every advantage 0, no informative question, no teacher
+scores) makes no update by default. ``step_without_signal`` is the reference trainers' behaviour instead
+(``optim.step_on_empty: true``): their loss is an exact 0, its gradient a zero tensor, and the optimizer still
+steps on it, so AdamW's momentum and weight decay move the weights, the scheduler advances and the EMA
+teacher follows.
 """
 
 from __future__ import annotations
@@ -110,4 +116,30 @@ def run_updates(
         stats.updates += 1
         stats.values["total"].append(total)
         stats.values["grad_norm"].append(grad_norm)
+    return stats
+
+
+def step_without_signal(
+    student: torch.nn.Module, self_teacher: Any, optim: tuple[torch.optim.Optimizer, Any], updates: int
+) -> UpdateStats:
+    """``updates`` optimizer steps on an all-zero gradient, each followed by the scheduler and EMA updates.
+
+    AdamW on g = 0 (after k earlier steps): m ← β1·m, v ← β2·v, θ ← θ·(1 − lr·wd) − lr·m̂/(√v̂ + ε), so the
+    weights move unless m = 0 and wd = 0. Gradients are set to zeros, not None: torch skips a None grad.
+    """
+    optimizer, scheduler = optim
+    stats = UpdateStats()
+    for _ in range(updates):
+        optimizer.zero_grad(set_to_none=True)
+        for p in student.parameters():
+            if p.requires_grad:
+                p.grad = torch.zeros_like(p)
+        optimizer.step()
+        scheduler.step()
+        if self_teacher is not None:
+            self_teacher.update(student)
+        stats.updates += 1
+        stats.values["total"].append(0.0)
+        stats.values["grad_norm"].append(0.0)
+    optimizer.zero_grad(set_to_none=True)
     return stats

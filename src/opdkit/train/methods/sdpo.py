@@ -7,7 +7,8 @@
   over the step's informative questions (α = 0.5; ``sc_alpha: 1.0`` is the "variance" variant).
 - ``sdpo_hard_filter`` (§6.4): w_q = 1[0 < p_q < 1].
 - ``sdpo_paced`` (§7.3): w_q from the initial policy's offline pass rate (n0 samples at T = 1), frozen.
-A step whose question weights are all zero makes no update and no EMA update (§6.3).
+A step whose question weights are all zero makes no update and no EMA update (§6.3), unless
+``optim.step_on_empty`` asks for the reference's zero-gradient step.
 """
 
 from __future__ import annotations
