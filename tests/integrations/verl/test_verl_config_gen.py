@@ -189,6 +189,11 @@ def test_extra_overrides_come_last() -> None:
         ),
         ({**BASE, "method": {"name": "opd", "discount": 0.9}}, (), r"method\.discount=0\.9 is not supported"),
         (
+            {**BASE, "method": {"name": "scope", "loss_averaging": "microbatch"}},
+            (),
+            r"method\.loss_averaging='microbatch' is not supported on verl",
+        ),
+        (
             {**BASE, "method": {"name": "scope"}},
             ("teacher.temperature=0.6",),
             r"teacher pool scores at temperature 1",

@@ -135,6 +135,7 @@ PLANS.add("opd", _opd)
 def _scope(method: Any, verl: dict[str, Any]) -> MethodPlan:
     if verl["sc_weighting"] != "none":
         raise ConfigError("verl.sc_weighting applies to grpo and opd, not scope")
+    _require_default(method, "loss_averaging", "minibatch", "the plugin's token means span the mini-batch")
     if not method.dual_path:  # §5.6: dual path off is plain OPD on every rollout
         return MethodPlan(_distillation("k1", policy_gradient=True, method=method), needs_teacher=True)
     if method.agg not in ("code", "joint"):

@@ -11,6 +11,13 @@ Ablations and presets are parameters:
 - ``use_seq_weights=False``: unweighted dual path (MLE on correct, OPD on wrong, weight 1).
 - ``use_student_weights=False`` / ``use_teacher_weights=False``: weight 1 on that path only.
 - ``dual_path=False``: plain OPD on every rollout (the OPD baseline of SCOPE's stack).
+- ``loss_averaging``: ``minibatch`` (default) takes the PG and MLE token means over the whole mini-batch, as
+  the paper's one expectation per path reads; ``microbatch`` reproduces the released code, whose dynamic
+  batches of ``micro_batch_tokens`` (16,384) tokens take both means per micro-batch, each scaled by its share
+  of the rows (``core.microbatch``; computed over the step batch, which is the mini-batch of SCOPE's
+  on-policy setting). With 1k-12k-token responses the released averaging gives MLE about 0.24 / 0.59 / 0.82
+  / 0.98 of opdkit's weight relative to PG at 10 / 30 / 50 / 80 % correct rollouts
+  (``benchmarks/scope_microbatch_weights.py``): it starves the MLE path when few rollouts are correct.
 Example::
 
     opdkit train configs/scope.yaml method.tau=2.0 method.use_student_weights=false
@@ -23,6 +30,7 @@ from dataclasses import dataclass, field
 import torch
 
 from opdkit.core.groups import sequence_mean
+from opdkit.core.microbatch import balanced_micro_batches, micro_batch_scales
 from opdkit.core.objectives import ClipConfig, ScopeDenominators, ScopeInputs, scope_denominators, scope_loss
 from opdkit.core.registry import Registry
 from opdkit.core.weights import SCOPE_SIGN_PRESETS, ScopeWeights, scope_weights
@@ -52,8 +60,19 @@ class ScopeConfig(MethodConfig):
     clip_low: float = _f(0.2, "PPO lower clip")
     clip_high: float = _f(0.2, "PPO upper clip (SCOPE uses verl's 0.2)")
     dual_clip: float | None = _f(3.0, "dual-clip constant (None = off)")
+    loss_averaging: str = _f(
+        "minibatch", "'minibatch' (token means over the mini-batch) or 'microbatch' (the released code's "
+        "per-micro-batch means scaled by the micro-batch's share of rows)"
+    )  # fmt: skip
+    micro_batch_tokens: int = _f(
+        16384, "loss_averaging=microbatch: token budget (prompt + response) of a micro-batch"
+    )
 
     def __post_init__(self) -> None:
+        if self.loss_averaging not in LOSS_AVERAGING:
+            raise ValueError(
+                f"unknown method.loss_averaging {self.loss_averaging!r}; valid: {', '.join(LOSS_AVERAGING)}"
+            )
         if self.sign_preset not in SCOPE_SIGN_PRESETS:
             raise ValueError(
                 f"unknown scope sign_preset {self.sign_preset!r}; valid: {', '.join(SCOPE_SIGN_PRESETS)}"
@@ -65,6 +84,24 @@ class ScopeConfig(MethodConfig):
             student if self.student_exponent is None else self.student_exponent,
             teacher if self.teacher_exponent is None else self.teacher_exponent,
         )
+
+
+LOSS_AVERAGING = ("minibatch", "microbatch")
+
+
+def _micro_batch_factors(
+    cfg: ScopeConfig, batch: StepBatch, correct_N: torch.Tensor, valid_N: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Per-row factors (PG path, MLE path) that turn the global token means into the released code's
+    per-micro-batch means (``core.microbatch``), and the number of micro-batches."""
+    lengths = (batch.prompt_mask_N_P.sum(-1) + batch.response_mask_N_T.sum(-1)).tolist()
+    parts = balanced_micro_batches([int(n) for n in lengths], cfg.micro_batch_tokens)
+    mask = batch.response_mask_N_T.bool()
+    correct = correct_N.to(torch.bool)
+    pg_mask = mask & (correct | valid_N).unsqueeze(-1)  # the PG mean's tokens (scope_masks)
+    pg_N = micro_batch_scales(parts, pg_mask)
+    mle_N = micro_batch_scales(parts, mask & correct.unsqueeze(-1)) if cfg.agg == "code" else pg_N
+    return pg_N, mle_N, len(parts)
 
 
 def _weights(
@@ -108,7 +145,14 @@ class Scope(Method):
             "w_teacher_N": w.teacher_N,
         }
         mask = batch.response_mask_N_T.bool() & teacher.valid_N.unsqueeze(-1)
+        metrics = {}
+        if cfg.loss_averaging == "microbatch":
+            pg_N, mle_N, count = _micro_batch_factors(cfg, batch, correct, teacher.valid_N)
+            rows["w_teacher_N"] = w.teacher_N * pg_N
+            rows["w_student_N"] = w.student_N * mle_N
+            metrics["scope/micro_batches"] = float(count)
         metrics = {
+            **metrics,
             **teacher.stats,
             **teacher_metrics(batch, teacher, mask),
             "scope/correct_fraction": float(correct.float().mean()),
