@@ -168,8 +168,9 @@ def test_spec_names_and_splits():
     assert parse_spec("sciknoweval/physics:train")[1] == "train"
     with pytest.raises(UnknownNameError, match="valid benchmarks: aime24, aime25, amc23, gsm8k, math500"):
         parse_spec("math-500")
-    with pytest.raises(UnknownNameError, match="benchmark 'tooluse' has no split 'train'; splits: test"):
-        parse_spec("tooluse:train")
+    # tooluse's train split is user-supplied (tests/data/test_tooluse_train.py); 'dev' exists nowhere
+    with pytest.raises(UnknownNameError, match="benchmark 'tooluse' has no split 'dev'; splits: test, train"):
+        parse_spec("tooluse:dev")
 
 
 def test_bad_rows_name_file_line_and_field(root):

@@ -12,9 +12,15 @@ Names (``load_benchmark("<name>[:<split>]")``, default split ``test``):
 | ``gsm8k`` | ``math/gsm8k/test.jsonl`` | math | after the last ``####``, commas removed |
 | ``sciknoweval/<domain>`` (2) | ``sciknoweval/<domain>/<split>.json`` | mcq | ``answer`` letter |
 | ``tooluse`` | ``tooluse/test.json`` | toolcall | ``answer``, a JSON list of calls |
+| ``tooluse:train`` (3) | ``tooluse/train.json`` or ``tooluse:train@<path>`` | toolcall | as ``tooluse`` |
 
 (1) its one ``error`` tolerance becomes ``extra["verifier_options"] = {"abs_tol": 0.1}``.
 (2) domains ``biology``, ``chemistry``, ``material``, ``physics``; splits ``train`` and ``test``.
+(3) a split the user brings: the 4,046-row ToolAlpaca training file of lasgroup/SDPO
+    (``datasets/tooluse/train.json``, the same JSON Lines format as the test file) is not in the benchmarks
+    folder. Put it at ``tooluse/train.json`` there, or name it:
+    ``load_benchmark("tooluse:train@/data/train.json")`` (in a training config
+    ``data.train: tooluse:train@/data/train.json``).
 
 Prompts, as the papers build them:
 
@@ -71,6 +77,8 @@ class Benchmark:
     """One evaluation set: its files per split (relative to the benchmarks folder), verifier and adapter.
 
     rows: the documented row count per split (the folder's README), checked by the real-data tests.
+    user_files: splits the folder does not ship and users bring: where the loader looks for them inside the
+      folder (or pass a path: ``name:split@path``), and the documented row count in ``rows``.
     """
 
     name: str
@@ -78,13 +86,14 @@ class Benchmark:
     verifier: str
     adapter: Adapter
     rows: dict[str, int] = field(default_factory=dict)
+    user_files: dict[str, str] = field(default_factory=dict)
 
     def path(self, split: str, root: Path) -> Path:
-        if split not in self.files:
-            raise UnknownNameError(
-                f"benchmark {self.name!r} has no split {split!r}; splits: {', '.join(self.files)}"
-            )
-        return root / self.files[split]
+        where = self.files.get(split) or self.user_files.get(split)
+        if where is None:
+            splits = ", ".join([*self.files, *self.user_files])
+            raise UnknownNameError(f"benchmark {self.name!r} has no split {split!r}; splits: {splits}")
+        return root / where
 
 
 BENCHMARKS: Registry[Benchmark] = Registry("benchmark")
@@ -267,8 +276,12 @@ for _domain, (_train, _test) in _SCIKNOWEVAL_ROWS.items():
     BENCHMARKS.add(_name, Benchmark(_name, _files, "mcq", sciknoweval_row, {"train": _train, "test": _test}))
 
 BENCHMARKS.add(
-    "tooluse", Benchmark("tooluse", {"test": "tooluse/test.json"}, "toolcall", tooluse_row, {"test": 68})
-)
+    "tooluse",
+    Benchmark(
+        "tooluse", {"test": "tooluse/test.json"}, "toolcall", tooluse_row, {"test": 68, "train": 4046},
+        user_files={"train": "tooluse/train.json"},
+    ),
+)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -301,8 +314,8 @@ def benchmarks_dir() -> Path:
 
 
 def parse_spec(spec: str) -> tuple[Benchmark, str]:
-    """``"name[:split]"`` -> (benchmark, split); unknown names and splits list the valid ones."""
-    name, _, split = spec.partition(":")
+    """``"name[:split][@path]"`` -> (benchmark, split); unknown names and splits list the valid ones."""
+    name, _, split = spec.partition("@")[0].partition(":")
     benchmark = BENCHMARKS.get(name)
     split = split or ("test" if "test" in benchmark.files else next(iter(benchmark.files)))
     benchmark.path(split, Path())  # checks the split
@@ -316,11 +329,31 @@ def load_benchmark(
 
     root: the benchmarks folder (default ``benchmarks_dir()``). math_template: the math user message with
     ``{problem}`` where the problem goes. A ``DataError`` names the file, line and field of every bad row.
+    ``"name:split@path"`` reads the split from ``path`` (a split users bring, e.g. ``tooluse:train``).
     """
     if "{problem}" not in math_template:
         raise ValueError("math_template must contain '{problem}'")
     benchmark, split = parse_spec(spec)
-    path = benchmark.path(split, Path(root) if root is not None else benchmarks_dir())
+    path = _split_path(benchmark, split, spec.partition("@")[2], root)
     ctx = RowContext(data_source=benchmark.name, split=split, math_template=math_template)
     rows = read_rows(path)
     return parse_rows(rows, str(path), lambda record, index: benchmark.adapter(record, index, ctx))
+
+
+def _split_path(benchmark: Benchmark, split: str, given: str, root: str | Path | None) -> Path:
+    """The file of ``split``: the path given after ``@``, else its place in the benchmarks folder."""
+    if given:
+        if not Path(given).is_file():
+            raise FileNotFoundError(f"{benchmark.name}:{split}: no file at {given}")
+        return Path(given)
+    if split not in benchmark.user_files:
+        return benchmark.path(split, Path(root) if root is not None else benchmarks_dir())
+    folder = Path(root) if root is not None else find_benchmarks_dir()
+    path = benchmark.path(split, folder) if folder is not None else None
+    if path is None or not path.is_file():
+        raise FileNotFoundError(
+            f"{benchmark.name}:{split} is not shipped with the benchmarks ({benchmark.rows.get(split, '?')} "
+            f"rows, user-supplied): put it at <benchmarks>/{benchmark.user_files[split]} or pass its path as "
+            f"'{benchmark.name}:{split}@/path/to/file'"
+        )
+    return path
