@@ -5,6 +5,7 @@ opdkit eval --model PATH --data FILE_OR_BENCHMARK_OR_task --k N
 opdkit plot RUN_DIR [RUN_DIR ...] [--out DIR]
 opdkit demo [--quick] [--output DIR] [--workers N]
 opdkit methods
+opdkit presets [--markdown]
 opdkit serve-teacher --model PATH [--port 8000] [--api-key KEY]
 opdkit verl-config CONFIG.yaml [section.key=value ...]   (the verl launch command; docs/verl.md)
 """
@@ -166,6 +167,26 @@ def methods() -> None:
 
     for name in METHODS.names():
         typer.echo(f"{name:18s} {METHODS.get(name).description}")
+
+
+@app.command()
+def presets(
+    markdown: bool = typer.Option(False, help="Print the README's reproduction table instead."),
+) -> None:
+    """List the packaged presets: for the papers' ones, the table row each reproduces and its numbers."""
+    from opdkit.train.config import preset_names
+    from opdkit.train.presets import all_presets, reproduction_table
+
+    if markdown:
+        typer.echo(reproduction_table(), nl=False)
+        return
+    described = {p.name: p for p in all_presets()}
+    for name in preset_names():
+        typer.echo(name)
+        if name in described:
+            typer.echo(f"    {described[name].paper_row}\n    reports: {described[name].reported}")
+        elif name.startswith("tiny/"):
+            typer.echo("    CPU setting of the demo (tiny warm-started model, synthetic task)")
 
 
 @app.command("serve-teacher")

@@ -222,9 +222,18 @@ def resolve_preset(config: str) -> str:
     packaged = PRESETS_DIR / f"{config.removesuffix('.yaml')}.yaml"
     if packaged.is_file():
         return str(packaged)
-    names = sorted(str(p.relative_to(PRESETS_DIR).with_suffix("")) for p in PRESETS_DIR.rglob("[!_]*.yaml"))
+    names = preset_names()
+    short = [n for n in names if n.count("/") == 1]  # the table rows (paper/<task>/<method>) are many
     raise ConfigError(
-        f"config {config!r} is neither a file nor a packaged preset; presets: {', '.join(names)}"
+        f"config {config!r} is neither a file nor a packaged preset; presets: {', '.join(short)} and "
+        f"{len(names) - len(short)} paper table rows ('opdkit presets' lists every one)"
+    )
+
+
+def preset_names() -> list[str]:
+    """Every packaged preset's name (``tiny/scope``, ``paper/chemistry/sc_sdpo``, ...), sorted."""
+    return sorted(
+        p.relative_to(PRESETS_DIR).with_suffix("").as_posix() for p in PRESETS_DIR.rglob("[!_]*.yaml")
     )
 
 
