@@ -68,3 +68,21 @@ def test_mass_of_a_path():
     assert parts == [[0, 2], [1, 3]]  # ties: rows in order, each to the lightest micro-batch
     assert micro_batch_mass(parts, path) == pytest.approx(0.5)
     assert micro_batch_mass(parts, torch.ones(4, 1)) == pytest.approx(1.0)
+
+
+def test_one_sequence_micro_batches_are_the_per_sequence_mean():
+    """lasgroup's GRPO baseline: verl's legacy actor with one sequence per micro-batch takes each sequence's
+    token mean and scales it by 1/N, i.e. ``seq-mean-token-mean`` over all N sequences (the paper/grpo
+    presets' ``method.agg``). Rows of 1 and 3 tokens with ℓ = (2 | 1, 1, 7): (2 + 9/3)/2 = 2.5, where the
+    global token mean is (2 + 9)/4 = 2.75."""
+    mask = torch.tensor([[1, 0, 0], [1, 1, 1]])
+    loss = torch.tensor([[2.0, 0.0, 0.0], [1.0, 1.0, 7.0]])
+    per_sequence = micro_batch_token_mean(loss, mask, [[0], [1]])
+    assert float(per_sequence) == pytest.approx(2.5)
+    assert float(aggregate(loss, mask, "seq-mean-token-mean")) == pytest.approx(2.5)
+    assert float(aggregate(loss, mask, "token-mean")) == pytest.approx(2.75)
+    # a row with no token still counts in N (verl's masked mean gives it 0): per_sequence_all
+    mask3, loss3 = torch.cat([mask, torch.zeros(1, 3, dtype=mask.dtype)]), torch.cat([loss, torch.ones(1, 3)])
+    expected = aggregate(loss3, mask3, "seq-mean-token-mean", denominator="per_sequence_all")
+    torch.testing.assert_close(micro_batch_token_mean(loss3, mask3, [[0], [1], [2]]), expected)
+    assert float(expected) == pytest.approx(5 / 3)
