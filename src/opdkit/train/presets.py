@@ -70,6 +70,9 @@ _METHODS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "sc_sdpo_alpha1": ({"name": "sc_sdpo", "sc_alpha": 1.0}, _SDPO_FAMILY),
     "sc_sdpo": ({"name": "sc_sdpo", "sc_alpha": 0.5}, _SDPO_FAMILY),
 }  # fmt: skip
+# SDPO-family methods whose tool-use teacher sees the verifier's feedback (SRPO routes to self-distillation
+# only rows with a correct sibling, whose demonstration always wins over feedback: nothing to set).
+_FEEDBACK_METHODS = ("sdpo", "sdpo_paced", "sdpo_hard_filter", "sc_sdpo")
 _NOTES = {
     "grpo": "GRPO: lr 1e-6 with mini-batch 8 of 32 questions (4 updates per step), the SDPO grid's winner; "
     "per-sequence token mean averaged over sequences (method.agg), as the reference's one-sequence "
@@ -140,7 +143,7 @@ def _sc_sdpo_config(model: str, task: str, method: str) -> dict[str, Any]:
         config["model"]["chat_template_kwargs"] = {"enable_thinking": False}
     if task == "tooluse":
         config["data"]["verifier_options"] = {"toolcall": {"compat_regex": True}}
-        if section["name"] in ("sdpo", "sdpo_paced", "sdpo_hard_filter", "sc_sdpo"):
+        if section["name"] in _FEEDBACK_METHODS:
             config["self_teacher"] = {"include_environment_feedback": True}
     return config
 
@@ -154,7 +157,7 @@ def _sc_sdpo_notes(task: str, method: str) -> tuple[str, ...]:
     ]
     if method in _NOTES:
         notes.append(_NOTES[method])
-    elif _METHODS[method][0]["name"] != "srpo":
+    else:
         notes.append("SDPO family: lr 1e-5 (the SDPO reference's; the paper omits it), max response 2048.")
     if task == "tooluse":
         notes.append(
@@ -166,7 +169,7 @@ def _sc_sdpo_notes(task: str, method: str) -> tuple[str, ...]:
             "The reference's tool-call regexes (compat_regex); remove data.verifier_options for opdkit's "
             "parser, which also reads nested inputs and bracketed names (2 more test rows reachable)."
         )
-        if "self_teacher" in _sc_sdpo_config("Qwen/Qwen3-8B", task, method):
+        if _METHODS[method][0]["name"] in _FEEDBACK_METHODS:
             notes.append("The self-teacher sees the verifier's mismatch feedback when no sibling succeeded.")
     return tuple(notes)
 
