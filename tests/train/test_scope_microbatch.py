@@ -41,3 +41,18 @@ def test_microbatch_averaging_equals_the_per_micro_batch_loop(step_setup):
     # ... and it differs from the default mini-batch means on this batch (the option is not a no-op)
     default = _loss_and_grad("scope", dataclasses.replace(cfg, loss_averaging="minibatch"), batch, ctx)
     assert not torch.allclose(default[0], scope[0], atol=1e-6)
+
+
+def test_the_loop_trains_with_microbatch_averaging(overrides, tmp_path):
+    import json
+
+    from opdkit.train import load_config, train
+
+    cfg = load_config(
+        None, [*overrides("scope"), "method.loss_averaging=microbatch", "method.micro_batch_tokens=200"]
+    )
+    train(cfg, tmp_path / "run")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["scope/micro_batches"] >= 1 and r["train/updates"] == 1 for r in rows)
+    # each row (short prompt + at most 6 response tokens) fits 200 tokens, the 16 rows together do not
+    assert rows[0]["scope/micro_batches"] > 1
