@@ -32,7 +32,12 @@ class ModelConfig:
     student: str = doc(
         "tiny", "student: a Hugging Face model directory, or 'tiny' (warm-started on the task)"
     )
-    dtype: Literal["float32", "bfloat16", "float16"] = doc("float32", "parameter dtype of the student")
+    dtype: Literal["float32", "bfloat16", "float16"] = doc(
+        "float32",
+        "compute dtype: the student's weights and AdamW states stay float32 (master copy); with bfloat16 or "
+        "float16 every forward runs under torch.autocast in that dtype (float16 with a dynamic loss scaler); "
+        "a local external teacher is loaded in it",
+    )
     device: str = doc("auto", "'cpu', 'cuda', 'cuda:N' or 'auto' (cuda when available)")
     hidden_state_losses: bool = doc(
         True, "compute log-probs and divergences from hidden states in token chunks (never full logits)"

@@ -42,6 +42,7 @@ from opdkit.train.checkpoint import (
 )
 from opdkit.train.config import TrainConfig
 from opdkit.train.methods import METHODS, MethodContext
+from opdkit.train.precision import LossScaler, autocast
 from opdkit.train.rollouts import RolloutRequest, collect_rollouts
 from opdkit.train.rundir import RunDir
 from opdkit.train.setup import (
@@ -106,12 +107,14 @@ def train(
         ),
     )
     optimizer, scheduler = make_optimizer(cfg, models.student)
+    scaler = LossScaler(cfg.model.dtype, device)  # float16 only; float32 master weights always
     sampler = PromptSampler(len(data.train), cfg.seed)
     verifiers = VerifierCache()
     start, teacher_failures = 0, 0
     if resume:
-        start, teacher_failures = _restore(run, models.student, (optimizer, scheduler), sampler, ctx)
-    method.setup(cfg.method, ctx)
+        start, teacher_failures = _restore(run, models.student, (optimizer, scheduler, scaler), sampler, ctx)
+    with autocast(cfg.model.dtype, device):
+        method.setup(cfg.method, ctx)
     last_eval = (
         _evaluate(cfg, run, models, data, 0) if start == 0 and cfg.eval.at_start and data.eval else None
     )
@@ -133,15 +136,20 @@ def train(
             # one update per step: the loss's current log-probs are the old ones (§2.2), no extra forward
             old_logprobs=cfg.optim.mini_batches > 1 or method.needs_old_logp(cfg.method),
         )
-        rollouts = collect_rollouts(models.student, models.tokenizer, data, verifiers, request)
+        with autocast(cfg.model.dtype, device):  # compute dtype; the weights stay float32
+            rollouts = collect_rollouts(models.student, models.tokenizer, data, verifiers, request)
         t1 = time.perf_counter()
         # 4. teacher scores and the method's weights / advantages (no grad)
-        prepared = method.prepare(cfg.method, rollouts.batch, ctx)
+        with autocast(cfg.model.dtype, device):
+            prepared = method.prepare(cfg.method, rollouts.batch, ctx)
         t2 = time.perf_counter()
         # 5. loss, optimizer step(s), EMA teacher update
         stats = UpdateStats()
         if prepared.skip_reason is None:
-            settings = UpdateSettings(cfg.optim.mini_batches, cfg.optim.micro_batch_size, cfg.optim.grad_clip)
+            o = cfg.optim
+            settings = UpdateSettings(
+                o.mini_batches, o.micro_batch_size, o.grad_clip, cfg.model.dtype, scaler
+            )
             stats = run_updates(
                 method, cfg.method, rollouts.batch, prepared, ctx, (optimizer, scheduler), settings
             )
@@ -174,7 +182,7 @@ def train(
                 run,
                 step,
                 models,
-                (optimizer, scheduler),
+                (optimizer, scheduler, scaler),
                 sampler,
                 ctx,
                 teacher_failures,
@@ -216,7 +224,11 @@ def _evaluate(cfg: TrainConfig, run: RunDir, models: Any, data: Any, step: int) 
         k=e.k, temperature=e.temperature, top_p=e.top_p,
         max_new_tokens=e.max_new_tokens or cfg.rollout.max_new_tokens, seed=cfg.seed + 17,
     )  # fmt: skip
-    result = evaluate(models.student, models.tokenizer, data.eval, settings)
+    with autocast(cfg.model.dtype, next(models.student.parameters()).device):
+        result = evaluate(
+            models.student, models.tokenizer, data.eval, settings,
+            chat_kwargs=dict(cfg.model.chat_template_kwargs or {}),
+        )  # fmt: skip
     write_eval(result, run.eval_dir, f"step_{step}")
     return result.summary
 
@@ -226,7 +238,7 @@ def _eval_row(summary: dict[str, Any]) -> dict[str, float]:
 
 
 def _save(run, step, models, optim, sampler, ctx, teacher_failures, keep) -> None:
-    optimizer, scheduler = optim
+    optimizer, scheduler, scaler = optim
     state = {
         "step": step,
         "optimizer": optimizer.state_dict(),
@@ -235,6 +247,7 @@ def _save(run, step, models, optim, sampler, ctx, teacher_failures, keep) -> Non
         "rng": rng_state(),
         "teacher_failures": teacher_failures,
         "paced_weights_D": ctx.paced_weights_D,
+        "loss_scaler": scaler.state_dict(),
     }
     teacher_state = ctx.self_teacher.state_dict() if ctx.self_teacher is not None else {}
     run.sync()  # the metrics of every step up to this checkpoint survive a machine crash with it
@@ -258,6 +271,7 @@ def _restore(run: RunDir, student, optim, sampler: PromptSampler, ctx: MethodCon
     optim[0].load_state_dict(state["optimizer"])
     optim[1].load_state_dict(state["scheduler"])
     sampler.load_state_dict(state["sampler"])
+    optim[2].load_state_dict(state.get("loss_scaler", {}))
     if ctx.self_teacher is not None:
         ctx.self_teacher.load_state_dict(load_teacher_state(ckpt))
     ctx.paced_weights_D = state.get("paced_weights_D")

@@ -41,10 +41,11 @@ class Models:
     tokenizer: Any
     student_path: str
     teacher_path: str | None
+    dtype: str = "float32"  # the run's compute dtype (model.dtype); the student's weights are float32
 
 
 def load_models(cfg: TrainConfig, device: torch.device) -> Models:
-    """Load the student (``model.student``), warm-starting the tiny pair first when it is 'tiny'."""
+    """Load the student (``model.student``) in float32, warm-starting the tiny pair first if it is 'tiny'."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     student_path, teacher_path = cfg.model.student, None
@@ -53,14 +54,13 @@ def load_models(cfg: TrainConfig, device: torch.device) -> Models:
 
         pair = warm_start(warmstart_config(cfg), cache_dir=cfg.warmstart.cache_dir, log=print)
         student_path, teacher_path = str(pair.student_path), str(pair.teacher_path)
-    model = AutoModelForCausalLM.from_pretrained(student_path, dtype=getattr(torch, cfg.model.dtype)).to(
-        device
-    )
+    # float32 master weights whatever model.dtype is: it is the compute dtype of autocast (train.precision)
+    model = AutoModelForCausalLM.from_pretrained(student_path, dtype=torch.float32).to(device)
     tokenizer = AutoTokenizer.from_pretrained(student_path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.train()
-    return Models(model, tokenizer, student_path, teacher_path)
+    return Models(model, tokenizer, student_path, teacher_path, cfg.model.dtype)
 
 
 def warmstart_config(cfg: TrainConfig) -> Any:
@@ -121,7 +121,8 @@ def _local_options(t: Any, models: Models, device: torch.device, temperature: fl
                 "teacher.kind=local needs teacher.path (or model.student=tiny for the tiny teacher)"
             )
         path = models.teacher_path
-    return {"path": path, "device": str(device), "temperature": temperature}
+    # a frozen teacher needs no master copy: it is loaded in the run's compute dtype
+    return {"path": path, "device": str(device), "temperature": temperature, "dtype": models.dtype}
 
 
 def _server_options(t: Any, models: Models, device: torch.device, temperature: float) -> dict[str, Any]:
