@@ -98,6 +98,13 @@ def eval_command(
     task: str = typer.Option("addition", help="With --data task: the synthetic task."),
     seed: int = typer.Option(0, help="Sampling seed."),
     device: str = typer.Option("auto", help="cpu, cuda or auto."),
+    dtype: str = typer.Option("float32", help="Weights dtype: float32, bfloat16 or float16."),
+    chat_template_kwargs: str = typer.Option(
+        None,
+        "--chat-template-kwargs",
+        help="Chat-template arguments as a YAML/JSON mapping, e.g. '{enable_thinking: false}' for Qwen3 "
+        "(use the training run's model.chat_template_kwargs).",
+    ),
 ) -> None:
     """Evaluate a model: mean@k, unbiased pass@k, exact maj@k and bootstrap variants per data source."""
     import json
@@ -108,6 +115,9 @@ def eval_command(
     from opdkit.eval import EvalSettings, TaskSource, evaluate, resolve_examples, write_eval
 
     torch.set_num_threads(1)
+    chat_kwargs = _chat_kwargs(chat_template_kwargs)
+    if dtype not in ("float32", "bfloat16", "float16"):
+        _fail(f"--dtype {dtype!r} is not one of float32, bfloat16, float16")
     try:
         examples = resolve_examples(data, "eval", TaskSource(name=task))
     except (ValueError, FileNotFoundError, KeyError) as exc:
@@ -116,14 +126,29 @@ def eval_command(
     dev = (
         "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
     )
-    net = AutoModelForCausalLM.from_pretrained(model).to(dev)
+    net = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)).to(dev)
     tok = AutoTokenizer.from_pretrained(model)
     settings = EvalSettings(
         k=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed
     )
-    result = evaluate(net, tok, examples, settings)
+    result = evaluate(net, tok, examples, settings, chat_kwargs=chat_kwargs)
     write_eval(result, output, "samples")
     typer.echo(json.dumps(result.summary["average"], indent=2))
+
+
+def _chat_kwargs(text: str | None) -> dict:
+    """``--chat-template-kwargs``: a YAML/JSON mapping (None = no extra arguments)."""
+    import yaml
+
+    if not text:
+        return {}
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        _fail(f"--chat-template-kwargs is not YAML/JSON: {exc}")
+    if not isinstance(value, dict):
+        _fail(f"--chat-template-kwargs must be a mapping such as '{{enable_thinking: false}}', got {text!r}")
+    return value
 
 
 @app.command()
