@@ -35,8 +35,9 @@ class EvalSettings:
     top_p: float = 0.95
     top_k: int = 0
     max_new_tokens: int = 2048
-    prompts_per_batch: int = 16
+    prompts_per_batch: int = 16  # each batch samples from seed + its first index
     seed: int = 0
+    max_cache_tokens: int = 0  # key/value cache budget: a batch runs in chunks under it (same samples)
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ def evaluate(
     params = SamplingParams(
         n=settings.k, temperature=settings.temperature, top_p=settings.top_p,
         top_k=settings.top_k, max_new_tokens=settings.max_new_tokens,
+        max_cache_tokens=settings.max_cache_tokens,
     )  # fmt: skip
     verifiers = VerifierCache()
     records: list[dict] = []

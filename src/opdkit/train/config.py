@@ -45,6 +45,9 @@ class ModelConfig:
     chat_template_kwargs: Mapping[str, Any] | None = doc(
         None, "extra chat-template arguments for every prompt, e.g. {enable_thinking: false} for Qwen3"
     )
+    activation_checkpointing: bool = doc(
+        False, "recompute each layer's activations in the backward pass (keeps only layer inputs)"
+    )
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,11 @@ class RolloutConfig:
         None,
         "temperature of the trainer's log-probs and of the teacher's (None = sampling temperature; §11 A4)",
     )
+    kv_cache_tokens: int = doc(
+        0,
+        "key/value cache budget (tokens) of rollouts and evaluation: prompts run in chunks whose rows "
+        "x (prompt + max_new_tokens) fit it, with the same samples (0 = half the free device memory)",
+    )
 
 
 @dataclass(frozen=True)
@@ -97,6 +105,11 @@ class OptimConfig:
     grad_clip: float = doc(1.0, "global gradient-norm clip (0 = off)")
     mini_batches: int = doc(1, "optimizer updates per step (1 = on-policy; >1 splits the groups, PPO-style)")
     micro_batch_size: int = doc(0, "sequences per forward/backward (0 = the whole mini-batch)")
+    micro_batch_tokens: int = doc(
+        0,
+        "token budget per forward/backward: rows x (prompt + response width) <= it (0 = off; the smaller "
+        "of this and micro_batch_size wins)",
+    )
 
 
 @dataclass(frozen=True)
@@ -129,6 +142,9 @@ class EvalConfig:
     max_new_tokens: int = doc(0, "evaluation response limit (0 = rollout.max_new_tokens)")
     num_problems: int = doc(0, "evaluate on the first N problems (0 = all)")
     at_start: bool = doc(True, "evaluate before the first step")
+    batch_size: int = doc(
+        16, "prompts per evaluation batch (each batch has its own seed; rollout.kv_cache_tokens chunks it)"
+    )
 
 
 _WS = WarmStartConfig()

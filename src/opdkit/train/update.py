@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from opdkit.core.groups import group_index
-from opdkit.train.batch import Prepared, StepBatch
+from opdkit.train.batch import Prepared, StepBatch, micro_batch_size
 from opdkit.train.methods.base import Method, MethodContext
 from opdkit.train.precision import LossScaler, autocast
 
@@ -70,6 +70,7 @@ class UpdateSettings:
     grad_clip: float
     dtype: str = "float32"
     scaler: LossScaler | None = None
+    micro_batch_tokens: int = 0  # token budget per forward/backward (``batch.micro_batch_size``)
 
 
 def run_updates(
@@ -96,7 +97,8 @@ def run_updates(
         denoms = method.denominators(method_cfg, mini, mini_prep)
         optimizer.zero_grad(set_to_none=True)
         total, finite = 0.0, True
-        for micro in _micro_rows(mini.n, settings.micro_batch_size):
+        size = micro_batch_size(mini, settings.micro_batch_size, settings.micro_batch_tokens)
+        for micro in _micro_rows(mini.n, size):
             with autocast(settings.dtype, device):
                 out = method.loss(method_cfg, mini.select(micro), mini_prep.select(micro), denoms, ctx)
             if not torch.isfinite(out.loss):
