@@ -7,6 +7,7 @@ opdkit demo [--quick] [--output DIR] [--workers N]
 opdkit methods
 opdkit serve-teacher --model PATH [--port 8000] [--api-key KEY]
 opdkit verl-config CONFIG.yaml [section.key=value ...]   (the verl launch command; docs/verl.md)
+opdkit plan CONFIG.yaml [section.key=value ...] [--memory-gb 80]   (memory per device, from the model config)
 """
 
 from __future__ import annotations
@@ -223,6 +224,26 @@ def serve_teacher(
             dtype=dtype,
         )
     )
+
+
+@app.command()
+def plan(
+    config: str = typer.Argument(..., help="YAML config file or packaged preset name (e.g. paper/sc_sdpo)."),
+    overrides: list[str] = typer.Argument(None, help="Dotted overrides: section.key=value."),
+    memory_gb: float = typer.Option(80.0, "--memory-gb", help="Memory of one device, in GB (1e9 bytes)."),
+    model_config: str = typer.Option(
+        None, "--model-config", help="The student's config.json (default: model.student's directory)."
+    ),
+) -> None:
+    """Memory per device of a training run, from the model's config alone (no weights loaded)."""
+    from opdkit.train import ConfigError, load_config
+    from opdkit.train.plan import PlanError, plan_run
+
+    try:
+        report = plan_run(load_config(config, overrides or []), memory_gb, model_config=model_config)
+    except (ConfigError, PlanError, KeyError) as exc:
+        _fail(str(exc))
+    typer.echo(report.text)
 
 
 @app.command("verl-config")

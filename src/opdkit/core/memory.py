@@ -76,3 +76,92 @@ def dims_from_config(config: Any) -> ModelDims:
         vocab=int(get("vocab_size")),
         tied_embeddings=bool(get("tie_word_embeddings", False)),
     )
+
+
+# the chunked losses' two (chunk, V) float32 buffers (core.chunked.DEFAULT_CHUNK_ELEMENTS each)
+CHUNKED_LOGIT_BYTES = 2 * (24 << 20) * 4
+
+
+@dataclass(frozen=True)
+class RunShape:
+    """What a training run puts on one device, besides the student's dimensions.
+
+    rows: rollouts per step (Q·G); prompt_tokens/response_tokens: the longest prompt and response;
+    eval_rows/eval_response_tokens: one evaluation batch (prompts × k) and its response limit;
+    micro_rows: rows per forward/backward; compute_bytes: 2 for bfloat16/float16, 4 for float32;
+    self_teacher_copies: float32 copies of the student the self-teacher keeps (EMA or base: 1; live: 0);
+    teacher: the local external teacher's dimensions (None: none, or on its own server);
+    cache_tokens: the sampler's key/value budget (0: every row at once); checkpointing: activation
+    checkpointing; hidden_state_losses: the chunked loss path (no (rows, T, V) logits)."""
+
+    rows: int
+    prompt_tokens: int
+    response_tokens: int
+    eval_rows: int
+    eval_response_tokens: int
+    micro_rows: int
+    compute_bytes: int
+    self_teacher_copies: int = 0
+    teacher: ModelDims | None = None
+    cache_tokens: int = 0
+    checkpointing: bool = False
+    hidden_state_losses: bool = True
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Bytes per item; ``peak`` = what is always resident + the largest phase (rollout, evaluation, update),
+    since gradients are freed before the rollout and the caches after it."""
+
+    parameters: int
+    resident: dict[str, int]
+    phases: dict[str, dict[str, int]]
+
+    @property
+    def peak(self) -> int:
+        return sum(self.resident.values()) + max(sum(p.values()) for p in self.phases.values())
+
+    @property
+    def peak_phase(self) -> str:
+        return max(self.phases, key=lambda k: sum(self.phases[k].values()))
+
+
+def _cache_bytes(dims: ModelDims, rows: int, width: int, shape: RunShape) -> int:
+    tokens = rows * width
+    if shape.cache_tokens > 0:  # chunks of whole prompts; at least one row's worth
+        tokens = min(tokens, max(shape.cache_tokens, width))
+    return tokens * dims.kv_bytes_per_token(shape.compute_bytes)
+
+
+def plan_memory(dims: ModelDims, shape: RunShape) -> MemoryPlan:
+    """Per-device bytes of a run (module docstring for the per-token terms):
+
+    resident: float32 weights 4·P, AdamW moments 8·P, self-teacher 4·P per copy, local teacher b·P_T;
+    rollout: cache rows·(prompt + response)·kv bytes per token;
+    evaluation: the same for one evaluation batch;
+    update: float32 gradients 4·P, autocast's low-precision weight copies b·P (not in float32),
+    activations micro_rows·(prompt + response)·per-token bytes, logits (chunked buffers, or rows·T·V·4·3).
+    """
+    p, b = dims.parameters(), shape.compute_bytes
+    resident = {"weights (float32 master)": 4 * p, "optimizer (AdamW, float32)": 8 * p}
+    if shape.self_teacher_copies:
+        resident["self-teacher (float32)"] = 4 * p * shape.self_teacher_copies
+    if shape.teacher is not None:
+        resident["external teacher"] = shape.teacher.parameters() * b
+    width = shape.prompt_tokens + shape.response_tokens
+    eval_width = shape.prompt_tokens + shape.eval_response_tokens
+    act = dims.activation_bytes_per_token(b, checkpointing=shape.checkpointing)
+    logits = (
+        CHUNKED_LOGIT_BYTES
+        if shape.hidden_state_losses
+        else shape.micro_rows * shape.response_tokens * dims.vocab * 4 * 3
+    )
+    update = {"gradients (float32)": 4 * p, "activations": shape.micro_rows * width * act, "logits": logits}
+    if b < 4:
+        update["autocast weight copies"] = b * p
+    phases = {
+        "rollout": {"KV cache": _cache_bytes(dims, shape.rows, width, shape)},
+        "evaluation": {"KV cache": _cache_bytes(dims, shape.eval_rows, eval_width, shape)},
+        "update": update,
+    }
+    return MemoryPlan(parameters=p, resident=resident, phases=phases)
