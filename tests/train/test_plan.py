@@ -26,8 +26,8 @@ QWEN3_8B = {"model_type": "qwen3", "hidden_size": 4096, "num_hidden_layers": 36,
             "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 12288, "vocab_size": 151936,
             "tie_word_embeddings": False}  # fmt: skip
 R1_DISTILL_1P5B = {"model_type": "qwen2", "hidden_size": 1536, "num_hidden_layers": 28,
-                   "num_attention_heads": 12, "num_key_value_heads": 2, "intermediate_size": 8960, "vocab_size": 151936,
-                   "tie_word_embeddings": False}  # fmt: skip
+                   "num_attention_heads": 12, "num_key_value_heads": 2, "intermediate_size": 8960,
+                   "vocab_size": 151936, "tie_word_embeddings": False}  # fmt: skip
 
 
 def _model_dir(tmp_path: Path, name: str, config: dict) -> Path:
