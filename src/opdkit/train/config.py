@@ -12,6 +12,8 @@ Presets live in ``configs/{tiny,paper}/*.yaml``.
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,7 +221,43 @@ class TrainConfig:
 
 def config_from_dict(raw: Mapping[str, Any], overrides: Sequence[str] = ()) -> TrainConfig:
     """Build and validate a ``TrainConfig`` from a nested dict plus dotted overrides."""
-    return from_dict(TrainConfig, apply_overrides(dict(raw), overrides))
+    return from_dict(TrainConfig, _switch_method(raw, apply_overrides(dict(raw), overrides), overrides))
+
+
+def _switch_method(
+    raw: Mapping[str, Any], merged: dict[str, Any], overrides: Sequence[str]
+) -> dict[str, Any]:
+    """``method.name=X`` on the command line over a YAML of another method: the YAML's method keys that X
+    does not have are dropped, with a note naming them (a key given on the command line is still checked)."""
+    old_section = raw.get("method") if isinstance(raw.get("method"), Mapping) else {}
+    section = merged.get("method")
+    if not isinstance(section, dict):
+        return merged
+    new = section.get("name", "grpo")
+    if new == old_section.get("name", "grpo") or not isinstance(new, str) or new not in METHODS:
+        return merged
+    config_type = METHODS.get(new).config_type
+    valid = {f.name for f in dataclasses.fields(config_type)}
+    given = {o.split("=", 1)[0].strip().removeprefix("method.") for o in overrides if o.startswith("method.")}
+
+    def fits(key: str) -> bool:  # a shared key whose value the new method accepts (agg: 'code' is SCOPE's)
+        try:
+            from_dict(config_type, {"name": new, key: section[key]}, "method")
+        except ConfigError:
+            return False
+        return True
+
+    dropped = sorted(
+        k for k in old_section if k not in given and k != "name" and (k not in valid or not fits(k))
+    )
+    if dropped:
+        merged = {**merged, "method": {k: v for k, v in section.items() if k not in dropped}}
+        note = f"note: method.name={new}: dropped method.{', method.'.join(dropped)} from the config"
+        print(
+            f"{note} (parameters of {old_section.get('name', 'grpo')} that {new} lacks or refuses)",
+            file=sys.stderr,
+        )
+    return merged
 
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs"

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from opdkit.data import Example
+from opdkit.data.benchmarks import training_spec
 from opdkit.eval import TaskSource, resolve_examples
 from opdkit.eval.datasets import task_examples_from_problems
 from opdkit.rewards import verify_batch
@@ -104,7 +105,7 @@ def load_data(cfg: TrainConfig, tokenizer: Any, chat_kwargs: dict) -> Data:
     def examples(spec: str, split: str) -> list[Example]:
         return _task_split(cfg, split) if spec == "task" else resolve_examples(spec, split, task_source(cfg))
 
-    train = examples(cfg.data.train, "train")
+    train = examples(training_spec(cfg.data.train), "train")  # a bare benchmark name: its train split
     held_out = examples(cfg.data.eval, "eval") if cfg.data.eval else []
     if cfg.eval.num_problems:
         held_out = held_out[: cfg.eval.num_problems]
@@ -157,7 +158,10 @@ def make_external_teacher(cfg: TrainConfig, models: Models, device: torch.device
     t = cfg.teacher
     temperature = temperature if t.temperature is None else t.temperature
     teacher = TEACHERS.get(t.kind)(**_TEACHER_OPTIONS[t.kind](t, models, device, temperature))
-    teacher.check_tokenizer(models.tokenizer)
+    try:
+        teacher.check_tokenizer(models.tokenizer)
+    except ConnectionError as exc:  # a server down at start: one error line for the CLI, not a traceback
+        raise ValueError(f"the teacher is not reachable: {exc}; start it or fix teacher.url") from None
     return teacher
 
 
