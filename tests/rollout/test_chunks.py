@@ -81,3 +81,16 @@ def test_chunked_evaluation_gives_the_unchunked_records(tok, model):
     chunked = evaluate(model, tok, examples, EvalSettings(**{**settings.__dict__, "max_cache_tokens": 40}))
     assert chunked.records == whole.records
     assert len(whole.records) == 15
+
+
+def test_the_default_cache_budget_is_half_the_free_memory_in_cache_tokens(model, monkeypatch):
+    import opdkit.rollout.budget as budget
+
+    # TINY: 2 layers, 2 key/value heads (no GQA), head_dim 32 / 2 = 16 -> 2 · 2 · 2 · 16 · 2 B = 256 B a token
+    # in bfloat16; half of 1 MiB free = 524,288 B -> 2048 tokens
+    monkeypatch.setattr(budget, "free_device_bytes", lambda device: 1 << 20)
+    assert budget.cache_token_budget(model, 0, torch.bfloat16) == 2048
+    assert budget.cache_token_budget(model, 0, torch.float32) == 1024  # 512 B a token
+    assert budget.cache_token_budget(model, 300, torch.bfloat16) == 300  # configured: taken as it is
+    monkeypatch.setattr(budget, "free_device_bytes", lambda device: 0)
+    assert budget.cache_token_budget(model, 0, torch.bfloat16) == 0  # unknown free memory: no limit

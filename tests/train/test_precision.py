@@ -129,3 +129,13 @@ def test_a_mixed_precision_run_resumes_exactly(overrides, tmp_path, dtype):
 def _rows(run: Path) -> list[dict]:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+
+
+def test_a_local_teacher_is_loaded_in_the_compute_dtype_and_the_student_in_float32(overrides):
+    from opdkit.train.setup import load_models, make_external_teacher
+
+    cfg = load_config(None, [*overrides("opd"), "model.dtype=bfloat16"])
+    models = load_models(cfg, torch.device("cpu"))
+    teacher = make_external_teacher(cfg, models, torch.device("cpu"), 1.0)
+    assert next(teacher.model.parameters()).dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in models.student.parameters())
