@@ -106,6 +106,11 @@ def eval_command(
         help="Chat-template arguments as a YAML/JSON mapping, e.g. '{enable_thinking: false}' for Qwen3 "
         "(use the training run's model.chat_template_kwargs).",
     ),
+    batch_size: int = typer.Option(16, help="Prompts per batch (each batch samples from its own seed)."),
+    kv_cache_tokens: int = typer.Option(
+        0,
+        help="Key/value cache budget in tokens; a batch runs in chunks under it (0 = half the free memory).",
+    ),
 ) -> None:
     """Evaluate a model: mean@k, unbiased pass@k, exact maj@k and bootstrap variants per data source."""
     import json
@@ -119,6 +124,8 @@ def eval_command(
     chat_kwargs = _chat_kwargs(chat_template_kwargs)
     if dtype not in ("float32", "bfloat16", "float16"):
         _fail(f"--dtype {dtype!r} is not one of float32, bfloat16, float16")
+    if batch_size < 1 or kv_cache_tokens < 0:
+        _fail(f"--batch-size must be >= 1 and --kv-cache-tokens >= 0, got {batch_size} and {kv_cache_tokens}")
     try:
         examples = resolve_examples(data, "eval", TaskSource(name=task))
     except (ValueError, FileNotFoundError, KeyError) as exc:
@@ -129,9 +136,13 @@ def eval_command(
     )
     net = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)).to(dev)
     tok = AutoTokenizer.from_pretrained(model)
+    from opdkit.rollout.budget import cache_token_budget
+
+    budget = cache_token_budget(net, kv_cache_tokens, getattr(torch, dtype))
     settings = EvalSettings(
-        k=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed
-    )
+        k=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
+        prompts_per_batch=batch_size, max_cache_tokens=budget,
+    )  # fmt: skip
     result = evaluate(net, tok, examples, settings, chat_kwargs=chat_kwargs)
     write_eval(result, output, "samples")
     typer.echo(json.dumps(result.summary["average"], indent=2))

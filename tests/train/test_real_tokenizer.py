@@ -114,7 +114,8 @@ def test_quick_start_renders_non_thinking_prompts_and_stops_at_im_end(
     model = run / "checkpoints" / "step_2" / "model"
     out = tmp_path / "eval"
     args = ["eval", "--model", str(model), "--data", str(chat_data), "--k", "2", "--max-new-tokens", "8",
-            "--limit", "2", "--dtype", "bfloat16"]  # fmt: skip
+            "--limit", "2", "--dtype", "bfloat16", "--batch-size", "1"]  # fmt: skip
+    args += ["--kv-cache-tokens", "64"]
     args += ["--chat-template-kwargs", "{enable_thinking: false}"]
     result = runner.invoke(app, [*args, "-o", str(out)])
     assert result.exit_code == 0, result.output
