@@ -7,7 +7,9 @@ whose rows hold at most ``SamplingParams.max_cache_tokens`` cache tokens, each c
 For the samples not to depend on the chunking, the random numbers must not either: the inverse-CDF draw of
 row i at step t uses U[t, i] from a (max_new_tokens, N) table drawn before any chunk runs (``TableDraw``).
 On a CPU that table holds exactly the numbers the one-piece loop drew step by step (``torch.rand`` fills a
-tensor in order), so the samples equal those of the unchunked sampler.
+tensor in order), so the samples equal those of the unchunked sampler. Models sampled through ``generate``
+(caches that are not plain) draw from ``generate``'s own RNG stream: chunked, their samples are valid draws of
+the same distribution but not the unchunked ones.
 """
 
 from __future__ import annotations
