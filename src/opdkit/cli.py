@@ -8,6 +8,7 @@ opdkit methods
 opdkit presets [--markdown]
 opdkit serve-teacher --model PATH [--port 8000] [--api-key KEY]
 opdkit verl-config CONFIG.yaml [section.key=value ...]   (the verl launch command; docs/verl.md)
+opdkit plan CONFIG.yaml [section.key=value ...] [--memory-gb 80]   (memory per device, from the model config)
 """
 
 from __future__ import annotations
@@ -99,6 +100,18 @@ def eval_command(
     task: str = typer.Option("addition", help="With --data task: the synthetic task."),
     seed: int = typer.Option(0, help="Sampling seed."),
     device: str = typer.Option("auto", help="cpu, cuda or auto."),
+    dtype: str = typer.Option("float32", help="Weights dtype: float32, bfloat16 or float16."),
+    chat_template_kwargs: str = typer.Option(
+        None,
+        "--chat-template-kwargs",
+        help="Chat-template arguments as a YAML/JSON mapping, e.g. '{enable_thinking: false}' for Qwen3 "
+        "(use the training run's model.chat_template_kwargs).",
+    ),
+    batch_size: int = typer.Option(16, help="Prompts per batch (each batch samples from its own seed)."),
+    kv_cache_tokens: int = typer.Option(
+        0,
+        help="Key/value cache budget in tokens; a batch runs in chunks under it (0 = half the free memory).",
+    ),
 ) -> None:
     """Evaluate a model: mean@k, unbiased pass@k, exact maj@k and bootstrap variants per data source."""
     import json
@@ -109,6 +122,11 @@ def eval_command(
     from opdkit.eval import EvalSettings, TaskSource, evaluate, resolve_examples, write_eval
 
     torch.set_num_threads(1)
+    chat_kwargs = _chat_kwargs(chat_template_kwargs)
+    if dtype not in ("float32", "bfloat16", "float16"):
+        _fail(f"--dtype {dtype!r} is not one of float32, bfloat16, float16")
+    if batch_size < 1 or kv_cache_tokens < 0:
+        _fail(f"--batch-size must be >= 1 and --kv-cache-tokens >= 0, got {batch_size} and {kv_cache_tokens}")
     try:
         examples = resolve_examples(data, "eval", TaskSource(name=task))
     except (ValueError, FileNotFoundError, KeyError) as exc:
@@ -117,14 +135,33 @@ def eval_command(
     dev = (
         "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
     )
-    net = AutoModelForCausalLM.from_pretrained(model).to(dev)
+    net = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)).to(dev)
     tok = AutoTokenizer.from_pretrained(model)
+    from opdkit.rollout.budget import cache_token_budget
+
+    budget = cache_token_budget(net, kv_cache_tokens, getattr(torch, dtype))
     settings = EvalSettings(
-        k=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed
-    )
-    result = evaluate(net, tok, examples, settings)
+        k=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
+        prompts_per_batch=batch_size, max_cache_tokens=budget,
+    )  # fmt: skip
+    result = evaluate(net, tok, examples, settings, chat_kwargs=chat_kwargs)
     write_eval(result, output, "samples")
     typer.echo(json.dumps(result.summary["average"], indent=2))
+
+
+def _chat_kwargs(text: str | None) -> dict:
+    """``--chat-template-kwargs``: a YAML/JSON mapping (None = no extra arguments)."""
+    import yaml
+
+    if not text:
+        return {}
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        _fail(f"--chat-template-kwargs is not YAML/JSON: {exc}")
+    if not isinstance(value, dict):
+        _fail(f"--chat-template-kwargs must be a mapping such as '{{enable_thinking: false}}', got {text!r}")
+    return value
 
 
 @app.command()
@@ -219,6 +256,26 @@ def serve_teacher(
             dtype=dtype,
         )
     )
+
+
+@app.command()
+def plan(
+    config: str = typer.Argument(..., help="YAML config file or packaged preset name (e.g. paper/sc_sdpo)."),
+    overrides: list[str] = typer.Argument(None, help="Dotted overrides: section.key=value."),
+    memory_gb: float = typer.Option(80.0, "--memory-gb", help="Memory of one device, in GB (1e9 bytes)."),
+    model_config: str = typer.Option(
+        None, "--model-config", help="The student's config.json (default: model.student's directory)."
+    ),
+) -> None:
+    """Memory per device of a training run, from the model's config alone (no weights loaded)."""
+    from opdkit.train import ConfigError, load_config
+    from opdkit.train.plan import PlanError, plan_run
+
+    try:
+        report = plan_run(load_config(config, overrides or []), memory_gb, model_config=model_config)
+    except (ConfigError, PlanError, KeyError) as exc:
+        _fail(str(exc))
+    typer.echo(report.text)
 
 
 @app.command("verl-config")

@@ -206,3 +206,32 @@ def test_benchmarks_dir_from_the_environment(root, monkeypatch, tmp_path):
     assert find_benchmarks_dir() is None
     with pytest.raises(FileNotFoundError, match=f"tried {tmp_path / 'nowhere'}.*set {ENV_VAR}"):
         benchmarks_dir()
+
+
+def test_training_spec_defaults_to_the_train_split_and_refuses_an_eval_only_benchmark():
+    from opdkit.data.benchmarks import training_spec
+
+    assert training_spec("sciknoweval/chemistry") == "sciknoweval/chemistry:train"  # not the default test
+    assert training_spec("sciknoweval/chemistry:test") == "sciknoweval/chemistry:test"  # asked for by name
+    assert training_spec("math500:test") == "math500:test"
+    assert training_spec("task") == "task" and training_spec("data/train.jsonl") == "data/train.jsonl"
+    with pytest.raises(ValueError, match=r"'math500' has no train split.*data.train=math500:test"):
+        training_spec("math500")
+
+
+def test_training_on_a_bare_benchmark_name_reads_its_train_split(root, monkeypatch):
+    from opdkit.train.config import load_config
+    from opdkit.train.setup import load_data
+
+    monkeypatch.setenv("OPDKIT_BENCHMARKS", str(root))
+    cfg = load_config(None, ["data.train=sciknoweval/chemistry", "data.eval=sciknoweval/chemistry"])
+    tok = _char_tokenizer()
+    data = load_data(cfg, tok, {})
+    assert [e.problem_id for e in data.train] == ["sciknoweval/chemistry/train/1"]
+    assert [e.problem_id for e in data.eval] == ["sciknoweval/chemistry/test/2"]  # evaluation: the test split
+
+
+def _char_tokenizer():
+    from opdkit.models import build_char_tokenizer
+
+    return build_char_tokenizer()

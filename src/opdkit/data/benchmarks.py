@@ -322,6 +322,23 @@ def parse_spec(spec: str) -> tuple[Benchmark, str]:
     return benchmark, split
 
 
+def training_spec(spec: str) -> str:
+    """The data spec to *train* on: a benchmark named without a split means its ``train`` split; one that has
+    no train split is refused unless its split is named (``math500:test``), so an evaluation set is never
+    trained on by accident. Anything else (a file, ``task``, a spec with a split) is returned as it is."""
+    name, _, split = spec.partition(":")
+    if split or name not in BENCHMARKS:
+        return spec
+    files = BENCHMARKS.get(name).files
+    if "train" in files:
+        return f"{name}:train"
+    first = next(iter(files))
+    raise ValueError(
+        f"benchmark {name!r} has no train split (splits: {', '.join(files)}); to train on it anyway, name "
+        f"the split: data.train={name}:{first}"
+    )
+
+
 def load_benchmark(
     spec: str, *, root: str | Path | None = None, math_template: str = MATH_TEMPLATE
 ) -> list[Example]:

@@ -35,8 +35,9 @@ class EvalSettings:
     top_p: float = 0.95
     top_k: int = 0
     max_new_tokens: int = 2048
-    prompts_per_batch: int = 16
+    prompts_per_batch: int = 16  # each batch samples from seed + its first index
     seed: int = 0
+    max_cache_tokens: int = 0  # key/value cache budget: a batch runs in chunks under it (same samples)
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,11 @@ class VerifierCache:
         return self._cache[key]
 
 
-def _records_for(examples: Sequence[Example], rollout: Any, k: int, verifiers: VerifierCache) -> list[dict]:
+def _records_for(
+    examples: Sequence[Example], rollout: Any, k: int, verifiers: VerifierCache, rendered: Sequence[str]
+) -> list[dict]:
+    """One record per sample; ``rendered``: each example's prompt as the model saw it (chat template
+    applied, special tokens kept), next to the messages it was rendered from."""
     records = []
     for p, ex in enumerate(examples):
         rows = range(p * k, (p + 1) * k)
@@ -71,7 +76,8 @@ def _records_for(examples: Sequence[Example], rollout: Any, k: int, verifiers: V
         for j, (i, v) in enumerate(zip(rows, verdicts)):
             records.append({
                 "problem_id": ex.problem_id, "data_source": ex.data_source, "sample_index": j,
-                "prompt": ex.prompt, "completion": texts[j], "extracted_answer": v.pred,
+                "prompt": ex.prompt, "rendered_prompt": rendered[p], "completion": texts[j],
+                "extracted_answer": v.pred,
                 "correct": bool(v.correct), "reward": float(v.score), "feedback": v.feedback,
                 "tokens": int(rollout.response_mask_N_L[i].sum()), "truncated": truncated[j],
             })  # fmt: skip
@@ -90,6 +96,7 @@ def evaluate(
     params = SamplingParams(
         n=settings.k, temperature=settings.temperature, top_p=settings.top_p,
         top_k=settings.top_k, max_new_tokens=settings.max_new_tokens,
+        max_cache_tokens=settings.max_cache_tokens,
     )  # fmt: skip
     verifiers = VerifierCache()
     records: list[dict] = []
@@ -97,7 +104,8 @@ def evaluate(
         chunk = list(examples[start : start + settings.prompts_per_batch])
         prompt_ids = encode_chats(tokenizer, [ex.prompt for ex in chunk], **(chat_kwargs or {}))
         rollout = sample(model, tokenizer, prompt_ids, params, seed=settings.seed + start)
-        records.extend(_records_for(chunk, rollout, settings.k, verifiers))
+        rendered = tokenizer.batch_decode(prompt_ids, skip_special_tokens=False)
+        records.extend(_records_for(chunk, rollout, settings.k, verifiers, rendered))
     return EvalResult(records=records, summary=summarize(records, settings.k))
 
 

@@ -12,9 +12,12 @@ skips the recording (an (N, V) log-softmax per generated token).
 
 The cache comes from ``rollout.kvcache``: each prompt prefilled once for its G samples, and new tokens written
 in place rather than appended by re-copying the cache (the same tokens and log-probs; only rounding differs).
-``share_prompts=False`` prefills every copy. With such a cache the tokens are sampled by ``rollout.decode``,
-a lean loop that samples from the distribution Hugging Face ``generate`` samples from, with less work per
-token; models whose cache is not plain go through ``generate`` itself (``use_generate=True`` forces it).
+``share_prompts=False`` prefills every copy. With ``SamplingParams.max_cache_tokens`` the prompts run in
+chunks whose cache fits that many tokens, with the same samples as in one piece (``rollout.chunks``); the
+stop tokens are the generation config's EOS and the chat template's end of turn (``rollout.stops``).
+With a plain cache the tokens are sampled by ``rollout.decode``, a lean loop that samples from the
+distribution Hugging Face ``generate`` samples from, with less work per token; models whose cache is not
+plain go through ``generate`` itself (``use_generate=True`` forces it).
 
     params = SamplingParams(n=8, temperature=1.0, max_new_tokens=16)
     batch = sample(model, tok, encode_chats(tok, [row["prompt"] for row in rows]), params, seed=0)
@@ -29,9 +32,11 @@ from typing import Any
 
 import torch
 
+from opdkit.rollout.chunks import TableDraw, concat_decoded, prompt_chunks
 from opdkit.rollout.decode import Decoded, decode
 from opdkit.rollout.kvcache import decode_prefill, generation_cache
-from opdkit.rollout.padding import pad_sequences
+from opdkit.rollout.padding import Padded, pad_sequences
+from opdkit.rollout.stops import stop_token_ids
 
 
 @dataclass(frozen=True)
@@ -45,8 +50,11 @@ class SamplingParams:
     top_k: int = 0
     max_new_tokens: int = 64
     logprobs: bool = True
+    max_cache_tokens: int = 0  # key/value cache budget: rows run in chunks of prompts under it (0 = all)
 
     def __post_init__(self) -> None:
+        if self.max_cache_tokens < 0:
+            raise ValueError(f"max_cache_tokens must be >= 0, got {self.max_cache_tokens}")
         if self.n < 1 or self.max_new_tokens < 1:
             raise ValueError(
                 f"n and max_new_tokens must be >= 1, got n={self.n}, max_new_tokens={self.max_new_tokens}"
@@ -109,12 +117,6 @@ class _ChosenTokenLogprobs:
         return scores
 
 
-def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
-    eos = getattr(model.generation_config, "eos_token_id", None)
-    eos = tokenizer.eos_token_id if eos is None else eos
-    return list(eos) if isinstance(eos, (list, tuple)) else [eos]
-
-
 def _response_mask(response_ids_N_L: torch.Tensor, eos_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """(mask_N_L, truncated_N): ones up to and including the first EOS; all ones when there is none."""
     is_eos_N_L = torch.isin(response_ids_N_L, torch.tensor(eos_ids, device=response_ids_N_L.device))
@@ -144,37 +146,64 @@ def sample(
     ``rollout.decode``'s token draw (default inverse CDF; ``multinomial_draw`` takes the tokens ``generate``
     would from the same seed).
     """
-    device = next(model.parameters()).device
-    eos_ids = _eos_ids(model, tokenizer)
+    eos_ids = stop_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     prompts = pad_sequences(prompt_ids, pad_id, side="left")
-    ids_N_P = prompts.ids_N_T.repeat_interleave(params.n, dim=0).to(device)
-    mask_N_P = prompts.mask_N_T.repeat_interleave(params.n, dim=0).to(device)
-    group_ids_N = torch.arange(len(prompt_ids), dtype=torch.long).repeat_interleave(params.n) + first_group_id
+    n = params.n
+    group_ids_N = torch.arange(len(prompt_ids), dtype=torch.long).repeat_interleave(n) + first_group_id
+    width = prompts.ids_N_T.shape[1]
+    chunks = prompt_chunks(len(prompt_ids), n * (width + params.max_new_tokens), params.max_cache_tokens)
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
         with torch.random.fork_rng(devices=_cuda_devices(device), enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
-            prefill = None
-            if not use_generate:  # the lean loop runs in inference mode, so its prefill may too
-                with torch.inference_mode():
-                    prefill = decode_prefill(
-                        model, prompts, params.n, params.max_new_tokens, share=share_prompts
-                    )
-            if prefill is not None:
-                out = decode(
-                    model, ids_N_P, mask_N_P, prefill, temperature=params.temperature, top_k=params.top_k,
-                    top_p=params.top_p, max_new_tokens=params.max_new_tokens, eos_ids=eos_ids, pad_id=pad_id,
-                    logprobs=params.logprobs, draw=draw,
-                )  # fmt: skip
-            else:
-                cache = generation_cache(model, prompts, params.n, params.max_new_tokens, share=share_prompts)
-                out = _generate(model, ids_N_P, mask_N_P, cache, params, eos_ids, pad_id)
+            table = None
+            if draw is None and not use_generate and params.temperature > 0:
+                # every row's uniform numbers drawn up front: a row samples the same tokens in any chunk
+                table = TableDraw.draw(params.max_new_tokens, len(prompt_ids) * n)
+            parts = []
+            for a, b in chunks:
+                rows = Padded(prompts.ids_N_T[a:b], prompts.mask_N_T[a:b])
+                chunk_draw = table.rows(a * n, b * n) if table is not None else draw
+                parts.append(_sample_rows(model, rows, params, eos_ids, pad_id, share_prompts, use_generate,
+                                          chunk_draw))  # fmt: skip
     finally:
         model.train(was_training)
+    ids_N_P = prompts.ids_N_T.repeat_interleave(n, dim=0)
+    mask_N_P = prompts.mask_N_T.repeat_interleave(n, dim=0)
+    out = concat_decoded(parts, pad_id)
     return _assemble(tokenizer, eos_ids, pad_id, ids_N_P, mask_N_P, out, group_ids_N)
+
+
+def _sample_rows(
+    model: Any,
+    prompts: Padded,
+    params: SamplingParams,
+    eos_ids: list[int],
+    pad_id: int,
+    share: bool,
+    use_generate: bool,
+    draw: Callable[[torch.Tensor], torch.Tensor] | None,
+) -> Decoded:
+    """``params.n`` samples of each of ``prompts`` with one key/value cache (one chunk of ``sample``)."""
+    device = next(model.parameters()).device
+    ids_N_P = prompts.ids_N_T.repeat_interleave(params.n, dim=0).to(device)
+    mask_N_P = prompts.mask_N_T.repeat_interleave(params.n, dim=0).to(device)
+    prefill = None
+    if not use_generate:  # the lean loop runs in inference mode, so its prefill may too
+        with torch.inference_mode():
+            prefill = decode_prefill(model, prompts, params.n, params.max_new_tokens, share=share)
+    if prefill is not None:
+        return decode(
+            model, ids_N_P, mask_N_P, prefill, temperature=params.temperature, top_k=params.top_k,
+            top_p=params.top_p, max_new_tokens=params.max_new_tokens, eos_ids=eos_ids, pad_id=pad_id,
+            logprobs=params.logprobs, draw=draw,
+        )  # fmt: skip
+    cache = generation_cache(model, prompts, params.n, params.max_new_tokens, share=share)
+    return _generate(model, ids_N_P, mask_N_P, cache, params, eos_ids, pad_id)
 
 
 def _generate(

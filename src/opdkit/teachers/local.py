@@ -78,8 +78,11 @@ class LocalTeacher:
 
 
 @TEACHERS.register("local")
-def make_local_teacher(*, path: str, device: str = "cpu", temperature: float = 1.0) -> LocalTeacher:
-    """Factory for ``teacher.kind=local``: loads ``path`` with transformers."""
+def make_local_teacher(
+    *, path: str, device: str = "cpu", temperature: float = 1.0, dtype: str = "float32"
+) -> LocalTeacher:
+    """Factory for ``teacher.kind=local``: loads ``path`` with transformers, its weights in ``dtype`` (the
+    run's compute dtype: a frozen teacher needs no float32 master copy)."""
     if not path:
         raise ValueError("teacher.kind=local needs teacher.path (a Hugging Face model directory)")
-    return LocalTeacher.from_path(path, device=device, temperature=temperature)
+    return LocalTeacher.from_path(path, device=device, temperature=temperature, dtype=dtype)

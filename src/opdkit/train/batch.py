@@ -88,3 +88,13 @@ class Prepared:
             metrics=self.metrics,
             skip_reason=self.skip_reason,
         )
+
+
+def micro_batch_size(batch: StepBatch, rows: int, tokens: int) -> int:
+    """Rows per forward/backward: ``rows`` (0 = the whole batch), lowered so that rows × (P + T) ≤ ``tokens``
+    when a token budget is set (P + T: the batch's padded width); at least one row."""
+    size = rows or batch.n
+    if tokens > 0:
+        width = batch.prompt_ids_N_P.shape[1] + batch.response_ids_N_T.shape[1]
+        size = min(size, max(1, tokens // width))
+    return size

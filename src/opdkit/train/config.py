@@ -12,6 +12,8 @@ Presets live in ``configs/{tiny,paper}/*.yaml``.
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +34,21 @@ class ModelConfig:
     student: str = doc(
         "tiny", "student: a Hugging Face model directory, or 'tiny' (warm-started on the task)"
     )
-    dtype: Literal["float32", "bfloat16", "float16"] = doc("float32", "parameter dtype of the student")
+    dtype: Literal["float32", "bfloat16", "float16"] = doc(
+        "float32",
+        "compute dtype: the student's weights and AdamW states stay float32 (master copy); with bfloat16 or "
+        "float16 every forward runs under torch.autocast in that dtype (float16 with a dynamic loss scaler); "
+        "a local external teacher is loaded in it",
+    )
     device: str = doc("auto", "'cpu', 'cuda', 'cuda:N' or 'auto' (cuda when available)")
     hidden_state_losses: bool = doc(
         True, "compute log-probs and divergences from hidden states in token chunks (never full logits)"
     )
     chat_template_kwargs: Mapping[str, Any] | None = doc(
         None, "extra chat-template arguments for every prompt, e.g. {enable_thinking: false} for Qwen3"
+    )
+    activation_checkpointing: bool = doc(
+        False, "recompute each layer's activations in the backward pass (keeps only layer inputs)"
     )
 
 
@@ -86,6 +96,11 @@ class RolloutConfig:
         None,
         "temperature of the trainer's log-probs and of the teacher's (None = sampling temperature; §11 A4)",
     )
+    kv_cache_tokens: int = doc(
+        0,
+        "key/value cache budget (tokens) of rollouts and evaluation: prompts run in chunks whose rows "
+        "x (prompt + max_new_tokens) fit it, with the same samples (0 = half the free device memory)",
+    )
 
 
 @dataclass(frozen=True)
@@ -102,6 +117,11 @@ class OptimConfig:
         "on a step without signal (all advantages 0, no informative question, no teacher scores) still step "
         "the optimizer, scheduler and EMA teacher on a zero gradient, as the reference trainers do "
         "(false: skip them, so momentum and weight decay do not move the weights)",
+    )
+    micro_batch_tokens: int = doc(
+        0,
+        "token budget per forward/backward: rows x (prompt + response width) <= it (0 = off; the smaller "
+        "of this and micro_batch_size wins)",
     )
 
 
@@ -135,6 +155,9 @@ class EvalConfig:
     max_new_tokens: int = doc(0, "evaluation response limit (0 = rollout.max_new_tokens)")
     num_problems: int = doc(0, "evaluate on the first N problems (0 = all)")
     at_start: bool = doc(True, "evaluate before the first step")
+    batch_size: int = doc(
+        16, "prompts per evaluation batch (each batch has its own seed; rollout.kv_cache_tokens chunks it)"
+    )
 
 
 _WS = WarmStartConfig()
@@ -209,7 +232,43 @@ class TrainConfig:
 
 def config_from_dict(raw: Mapping[str, Any], overrides: Sequence[str] = ()) -> TrainConfig:
     """Build and validate a ``TrainConfig`` from a nested dict plus dotted overrides."""
-    return from_dict(TrainConfig, apply_overrides(dict(raw), overrides))
+    return from_dict(TrainConfig, _switch_method(raw, apply_overrides(dict(raw), overrides), overrides))
+
+
+def _switch_method(
+    raw: Mapping[str, Any], merged: dict[str, Any], overrides: Sequence[str]
+) -> dict[str, Any]:
+    """``method.name=X`` on the command line over a YAML of another method: the YAML's method keys that X
+    does not have are dropped, with a note naming them (a key given on the command line is still checked)."""
+    old_section = raw.get("method") if isinstance(raw.get("method"), Mapping) else {}
+    section = merged.get("method")
+    if not isinstance(section, dict):
+        return merged
+    new = section.get("name", "grpo")
+    if new == old_section.get("name", "grpo") or not isinstance(new, str) or new not in METHODS:
+        return merged
+    config_type = METHODS.get(new).config_type
+    valid = {f.name for f in dataclasses.fields(config_type)}
+    given = {o.split("=", 1)[0].strip().removeprefix("method.") for o in overrides if o.startswith("method.")}
+
+    def fits(key: str) -> bool:  # a shared key whose value the new method accepts (agg: 'code' is SCOPE's)
+        try:
+            from_dict(config_type, {"name": new, key: section[key]}, "method")
+        except ConfigError:
+            return False
+        return True
+
+    dropped = sorted(
+        k for k in old_section if k not in given and k != "name" and (k not in valid or not fits(k))
+    )
+    if dropped:
+        merged = {**merged, "method": {k: v for k, v in section.items() if k not in dropped}}
+        note = f"note: method.name={new}: dropped method.{', method.'.join(dropped)} from the config"
+        print(
+            f"{note} (parameters of {old_section.get('name', 'grpo')} that {new} lacks or refuses)",
+            file=sys.stderr,
+        )
+    return merged
 
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs"

@@ -71,18 +71,23 @@ def hidden_path_ok(model: torch.nn.Module) -> bool:
     if cached is not None:
         return cached
     ok = False
+    device = next(model.parameters()).device
     try:
-        ids = (
-            torch.arange(1, 6, device=next(model.parameters()).device).unsqueeze(0) % model.config.vocab_size
-        )
-        hidden = model.get_decoder()(input_ids=ids).last_hidden_state
-        head = _head(model)
-        mine = hidden @ head.weight_V_H.T + (head.bias_V if head.bias_V is not None else 0)
-        ok = torch.allclose(mine.float(), model(input_ids=ids).logits.float(), atol=1e-3, rtol=1e-3)
+        # compared in the weights' own dtype: under autocast two roundings of the same product could differ
+        with torch.autocast(device_type=device.type, enabled=False):
+            ok = _hidden_matches_logits(model)
     except (AttributeError, NotImplementedError, TypeError):
         ok = False
     model._opdkit_hidden_path_ok = ok
     return ok
+
+
+def _hidden_matches_logits(model: torch.nn.Module) -> bool:
+    ids = torch.arange(1, 6, device=next(model.parameters()).device).unsqueeze(0) % model.config.vocab_size
+    hidden = model.get_decoder()(input_ids=ids).last_hidden_state
+    head = _head(model)
+    mine = hidden @ head.weight_V_H.T + (head.bias_V if head.bias_V is not None else 0)
+    return torch.allclose(mine.float(), model(input_ids=ids).logits.float(), atol=1e-3, rtol=1e-3)
 
 
 def use_hidden(model: torch.nn.Module, enabled: bool) -> bool:

@@ -31,6 +31,7 @@ import torch
 from opdkit.eval import EvalSettings, evaluate, write_eval
 from opdkit.eval.evaluate import VerifierCache
 from opdkit.rollout import SamplingParams
+from opdkit.rollout.budget import cache_token_budget
 from opdkit.teachers.self_teacher import make_teacher_weights
 from opdkit.train.checkpoint import (
     CheckpointParts,
@@ -43,6 +44,7 @@ from opdkit.train.checkpoint import (
 )
 from opdkit.train.config import TrainConfig
 from opdkit.train.methods import METHODS, MethodContext
+from opdkit.train.precision import LossScaler, autocast, compute_dtype
 from opdkit.train.rollouts import RolloutRequest, collect_rollouts
 from opdkit.train.rundir import RunDir
 from opdkit.train.setup import (
@@ -108,17 +110,17 @@ def train(
         else None,
         self_teacher_options=cfg.self_teacher,
         chat_kwargs=chat_kwargs,
-        estimate_pass_rates=lambda n, t: offline_pass_rates(
-            models.student, models.tokenizer, data, _params(cfg, n=n, temperature=t), seed=cfg.seed + 7
-        ),
+        estimate_pass_rates=lambda n, t: _pass_rates(cfg, models, data, n, t),
     )
     optimizer, scheduler = make_optimizer(cfg, models.student)
+    scaler = LossScaler(cfg.model.dtype, device)  # float16 only; float32 master weights always
     sampler = PromptSampler(len(data.train), cfg.seed)
     verifiers = VerifierCache()
     start, teacher_failures = 0, 0
     if resume:
-        start, teacher_failures = _restore(run, models.student, (optimizer, scheduler), sampler, ctx)
-    method.setup(cfg.method, ctx)
+        start, teacher_failures = _restore(run, models.student, (optimizer, scheduler, scaler), sampler, ctx)
+    with autocast(cfg.model.dtype, device):
+        method.setup(cfg.method, ctx)
     last_eval = (
         _evaluate(cfg, run, models, data, 0) if start == 0 and cfg.eval.at_start and data.eval else None
     )
@@ -131,24 +133,30 @@ def train(
         # 1-3. questions -> G rollouts each -> verdicts and old log-probs
         request = RolloutRequest(
             example_indices=sampler.next(cfg.rollout.prompts_per_step),
-            params=_params(cfg),
+            params=_params(cfg, cache_tokens=_cache_budget(cfg, models.student)),
             seed=cfg.seed * 1_000_003 + step,
             first_group_id=step * cfg.rollout.prompts_per_step,
             logprob_temperature=logprob_t,
             micro_batch_size=cfg.optim.micro_batch_size,
+            micro_batch_tokens=cfg.optim.micro_batch_tokens,
             hidden_states=cfg.model.hidden_state_losses,
             # one update per step: the loss's current log-probs are the old ones (§2.2), no extra forward
             old_logprobs=cfg.optim.mini_batches > 1 or method.needs_old_logp(cfg.method),
         )
-        rollouts = collect_rollouts(models.student, models.tokenizer, data, verifiers, request)
+        with autocast(cfg.model.dtype, device):  # compute dtype; the weights stay float32
+            rollouts = collect_rollouts(models.student, models.tokenizer, data, verifiers, request)
         t1 = time.perf_counter()
         # 4. teacher scores and the method's weights / advantages (no grad)
-        prepared = method.prepare(cfg.method, rollouts.batch, ctx)
+        with autocast(cfg.model.dtype, device):
+            prepared = method.prepare(cfg.method, rollouts.batch, ctx)
         t2 = time.perf_counter()
         # 5. loss, optimizer step(s), EMA teacher update
         stats = UpdateStats()
         if prepared.skip_reason is None:
-            settings = UpdateSettings(cfg.optim.mini_batches, cfg.optim.micro_batch_size, cfg.optim.grad_clip)
+            o = cfg.optim
+            settings = UpdateSettings(
+                o.mini_batches, o.micro_batch_size, o.grad_clip, cfg.model.dtype, scaler, o.micro_batch_tokens
+            )
             stats = run_updates(
                 method, cfg.method, rollouts.batch, prepared, ctx, (optimizer, scheduler), settings
             )
@@ -185,7 +193,7 @@ def train(
                 run,
                 step,
                 models,
-                (optimizer, scheduler),
+                (optimizer, scheduler, scaler),
                 sampler,
                 ctx,
                 teacher_failures,
@@ -205,7 +213,19 @@ def _quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
-def _params(cfg: TrainConfig, *, n: int | None = None, temperature: float | None = None) -> SamplingParams:
+def _pass_rates(cfg: TrainConfig, models: Any, data: Any, n: int, temperature: float) -> torch.Tensor:
+    params = _params(cfg, n=n, temperature=temperature, cache_tokens=_cache_budget(cfg, models.student))
+    return offline_pass_rates(models.student, models.tokenizer, data, params, seed=cfg.seed + 7)
+
+
+def _cache_budget(cfg: TrainConfig, student: torch.nn.Module) -> int:
+    """rollout.kv_cache_tokens, or half the free device memory in cache tokens (read at each call)."""
+    return cache_token_budget(student, cfg.rollout.kv_cache_tokens, compute_dtype(cfg.model.dtype))
+
+
+def _params(
+    cfg: TrainConfig, *, n: int | None = None, temperature: float | None = None, cache_tokens: int = 0
+) -> SamplingParams:
     r = cfg.rollout
     return SamplingParams(
         n=n or r.n,
@@ -214,6 +234,7 @@ def _params(cfg: TrainConfig, *, n: int | None = None, temperature: float | None
         top_k=r.top_k,
         max_new_tokens=r.max_new_tokens,
         logprobs=False,  # the loop recomputes log-probs with the trainer's forward (§0), never the sampler's
+        max_cache_tokens=cache_tokens,
     )
 
 
@@ -226,8 +247,13 @@ def _evaluate(cfg: TrainConfig, run: RunDir, models: Any, data: Any, step: int) 
     settings = EvalSettings(
         k=e.k, temperature=e.temperature, top_p=e.top_p,
         max_new_tokens=e.max_new_tokens or cfg.rollout.max_new_tokens, seed=cfg.seed + 17,
+        prompts_per_batch=e.batch_size, max_cache_tokens=_cache_budget(cfg, models.student),
     )  # fmt: skip
-    result = evaluate(models.student, models.tokenizer, data.eval, settings)
+    with autocast(cfg.model.dtype, next(models.student.parameters()).device):
+        result = evaluate(
+            models.student, models.tokenizer, data.eval, settings,
+            chat_kwargs=dict(cfg.model.chat_template_kwargs or {}),
+        )  # fmt: skip
     write_eval(result, run.eval_dir, f"step_{step}")
     return result.summary
 
@@ -237,7 +263,7 @@ def _eval_row(summary: dict[str, Any]) -> dict[str, float]:
 
 
 def _save(run, step, models, optim, sampler, ctx, teacher_failures, keep) -> None:
-    optimizer, scheduler = optim
+    optimizer, scheduler, scaler = optim
     state = {
         "step": step,
         "optimizer": optimizer.state_dict(),
@@ -246,6 +272,7 @@ def _save(run, step, models, optim, sampler, ctx, teacher_failures, keep) -> Non
         "rng": rng_state(),
         "teacher_failures": teacher_failures,
         "paced_weights_D": ctx.paced_weights_D,
+        "loss_scaler": scaler.state_dict(),
     }
     teacher_state = ctx.self_teacher.state_dict() if ctx.self_teacher is not None else {}
     run.sync()  # the metrics of every step up to this checkpoint survive a machine crash with it
@@ -269,6 +296,7 @@ def _restore(run: RunDir, student, optim, sampler: PromptSampler, ctx: MethodCon
     optim[0].load_state_dict(state["optimizer"])
     optim[1].load_state_dict(state["scheduler"])
     sampler.load_state_dict(state["sampler"])
+    optim[2].load_state_dict(state.get("loss_scaler", {}))
     if ctx.self_teacher is not None:
         ctx.self_teacher.load_state_dict(load_teacher_state(ckpt))
     ctx.paced_weights_D = state.get("paced_weights_D")

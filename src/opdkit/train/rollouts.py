@@ -17,7 +17,7 @@ import torch
 from opdkit.core.groups import group_index, group_mean
 from opdkit.rewards import verify_batch
 from opdkit.rollout import SamplingParams, sample
-from opdkit.train.batch import StepBatch
+from opdkit.train.batch import StepBatch, micro_batch_size
 from opdkit.train.forward import old_logprobs
 
 SUCCESS_THRESHOLD = 0.5
@@ -34,6 +34,7 @@ class RolloutRequest:
     logprob_temperature: float
     micro_batch_size: int
     hidden_states: bool = True
+    micro_batch_tokens: int = 0  # token budget of the old log-probs' forwards (``update.micro_batch_rows``)
     old_logprobs: bool = True  # False: leave old_logp_N_T None (one on-policy update; see StepBatch)
 
 
@@ -77,9 +78,8 @@ def collect_rollouts(
         preds=[v.pred for v in verdicts],
     )
     if req.old_logprobs:
-        old = old_logprobs(
-            model, batch, req.logprob_temperature, req.micro_batch_size, hidden=req.hidden_states
-        )
+        rows = micro_batch_size(batch, req.micro_batch_size, req.micro_batch_tokens)
+        old = old_logprobs(model, batch, req.logprob_temperature, rows, hidden=req.hidden_states)
         batch = StepBatch(**{**batch.__dict__, "old_logp_N_T": old})
     return Rollouts(batch=batch, metrics=rollout_metrics(batch))
 

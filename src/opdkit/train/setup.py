@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from opdkit.data import Example
+from opdkit.data.benchmarks import training_spec
 from opdkit.eval import TaskSource, resolve_examples
 from opdkit.eval.datasets import task_examples_from_problems
 from opdkit.rewards import make_verifier, verify_batch
@@ -43,10 +44,11 @@ class Models:
     tokenizer: Any
     student_path: str
     teacher_path: str | None
+    dtype: str = "float32"  # the run's compute dtype (model.dtype); the student's weights are float32
 
 
 def load_models(cfg: TrainConfig, device: torch.device) -> Models:
-    """Load the student (``model.student``), warm-starting the tiny pair first when it is 'tiny'."""
+    """Load the student (``model.student``) in float32, warm-starting the tiny pair first if it is 'tiny'."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     student_path, teacher_path = cfg.model.student, None
@@ -55,14 +57,18 @@ def load_models(cfg: TrainConfig, device: torch.device) -> Models:
 
         pair = warm_start(warmstart_config(cfg), cache_dir=cfg.warmstart.cache_dir, log=print)
         student_path, teacher_path = str(pair.student_path), str(pair.teacher_path)
-    model = AutoModelForCausalLM.from_pretrained(student_path, dtype=getattr(torch, cfg.model.dtype)).to(
-        device
-    )
+    # float32 master weights whatever model.dtype is: it is the compute dtype of autocast (train.precision)
+    model = AutoModelForCausalLM.from_pretrained(student_path, dtype=torch.float32).to(device)
     tokenizer = AutoTokenizer.from_pretrained(student_path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if cfg.model.activation_checkpointing:
+        enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.x name
+        (enable or model.gradient_checkpointing_enable)()
+        # the shared-prompt forward keeps a cache across two calls, which checkpointed layers do not allow
+        model._opdkit_prefix_sharing_ok = False
     model.train()
-    return Models(model, tokenizer, student_path, teacher_path)
+    return Models(model, tokenizer, student_path, teacher_path, cfg.model.dtype)
 
 
 def warmstart_config(cfg: TrainConfig) -> Any:
@@ -123,7 +129,8 @@ def load_data(cfg: TrainConfig, tokenizer: Any, chat_kwargs: dict) -> Data:
     def examples(spec: str, split: str) -> list[Example]:
         return _task_split(cfg, split) if spec == "task" else resolve_examples(spec, split, task_source(cfg))
 
-    train = with_verifier_options(examples(cfg.data.train, "train"), cfg.data.verifier_options)
+    # a bare benchmark name: its train split
+    train = with_verifier_options(examples(training_spec(cfg.data.train), "train"), cfg.data.verifier_options)
     held_out = examples(cfg.data.eval, "eval") if cfg.data.eval else []
     held_out = with_verifier_options(held_out, cfg.data.verifier_options)
     if cfg.eval.num_problems:
@@ -146,7 +153,8 @@ def _local_options(t: Any, models: Models, device: torch.device, temperature: fl
                 "teacher.kind=local needs teacher.path (or model.student=tiny for the tiny teacher)"
             )
         path = models.teacher_path
-    return {"path": path, "device": str(device), "temperature": temperature}
+    # a frozen teacher needs no master copy: it is loaded in the run's compute dtype
+    return {"path": path, "device": str(device), "temperature": temperature, "dtype": models.dtype}
 
 
 def _server_options(t: Any, models: Models, device: torch.device, temperature: float) -> dict[str, Any]:
@@ -176,7 +184,10 @@ def make_external_teacher(cfg: TrainConfig, models: Models, device: torch.device
     t = cfg.teacher
     temperature = temperature if t.temperature is None else t.temperature
     teacher = TEACHERS.get(t.kind)(**_TEACHER_OPTIONS[t.kind](t, models, device, temperature))
-    teacher.check_tokenizer(models.tokenizer)
+    try:
+        teacher.check_tokenizer(models.tokenizer)
+    except ConnectionError as exc:  # a server down at start: one error line for the CLI, not a traceback
+        raise ValueError(f"the teacher is not reachable: {exc}; start it or fix teacher.url") from None
     return teacher
 
 

@@ -26,8 +26,9 @@ from typing import Any
 import torch
 
 from opdkit.core.groups import group_index
-from opdkit.train.batch import Prepared, StepBatch
+from opdkit.train.batch import Prepared, StepBatch, micro_batch_size
 from opdkit.train.methods.base import Method, MethodContext
+from opdkit.train.precision import LossScaler, autocast
 
 
 @dataclass
@@ -67,9 +68,15 @@ def _micro_rows(n: int, size: int) -> list[torch.Tensor]:
 
 @dataclass(frozen=True)
 class UpdateSettings:
+    """``dtype``: the compute dtype of the forwards (``train.precision``; the weights stay float32);
+    ``scaler``: the run's ``LossScaler`` (float16 needs one; None = plain backward and step)."""
+
     mini_batches: int
     micro_batch_size: int
     grad_clip: float
+    dtype: str = "float32"
+    scaler: LossScaler | None = None
+    micro_batch_tokens: int = 0  # token budget per forward/backward (``batch.micro_batch_size``)
 
 
 def run_updates(
@@ -84,6 +91,8 @@ def run_updates(
     """All optimizer updates of one step; the EMA self-teacher follows each successful update (§4.6)."""
     optimizer, scheduler = optim
     stats = UpdateStats()
+    scaler = settings.scaler or LossScaler("float32", "cpu")
+    device = next(ctx.student.parameters()).device
     params = [p for p in ctx.student.parameters() if p.requires_grad]
     mini_batches = mini_batch_rows(batch, settings.mini_batches)
     if batch.old_logp_N_T is None and len(mini_batches) > 1:
@@ -94,28 +103,34 @@ def run_updates(
         denoms = method.denominators(method_cfg, mini, mini_prep)
         optimizer.zero_grad(set_to_none=True)
         total, finite = 0.0, True
-        for micro in _micro_rows(mini.n, settings.micro_batch_size):
-            out = method.loss(method_cfg, mini.select(micro), mini_prep.select(micro), denoms, ctx)
+        size = micro_batch_size(mini, settings.micro_batch_size, settings.micro_batch_tokens)
+        for micro in _micro_rows(mini.n, size):
+            with autocast(settings.dtype, device):
+                out = method.loss(method_cfg, mini.select(micro), mini_prep.select(micro), denoms, ctx)
             if not torch.isfinite(out.loss):
                 finite = False
                 break
-            out.loss.backward()
+            scaler.backward(out.loss)
             total += float(out.loss.detach())
             for k, v in out.metrics.items():
                 stats.values[k].append(v)
         clip = settings.grad_clip if settings.grad_clip > 0 else math.inf
+        if finite:
+            scaler.unscale(optimizer)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip)) if finite else math.nan
         if not (finite and math.isfinite(grad_norm)):
             optimizer.zero_grad(set_to_none=True)
+            scaler.skip()
             stats.nonfinite_skips += 1
             continue
-        optimizer.step()
+        scaler.step(optimizer)
         scheduler.step()
         if ctx.self_teacher is not None:
             ctx.self_teacher.update(ctx.student)
         stats.updates += 1
         stats.values["total"].append(total)
         stats.values["grad_norm"].append(grad_norm)
+    optimizer.zero_grad(set_to_none=True)  # free the gradients before the next rollout needs the memory
     return stats
 
 

@@ -17,8 +17,11 @@ pass-through overrides); it is removed before opdkit validates the rest.
 
 Keys with no verl counterpart are left out: ``threads``, ``log_every``, ``model.dtype`` and ``device``
 (verl trains in bf16 mixed precision), ``data.task``, ``teacher`` server settings, ``self_teacher``,
-``warmstart``, ``eval.max_new_tokens`` and ``eval.num_problems``. Settings verl cannot honour (a teacher
-temperature other than 1, a log-prob temperature different from the rollout's, no gradient clipping) raise.
+``warmstart``, ``eval.max_new_tokens`` and ``eval.num_problems``, and opdkit's own memory switches
+(``rollout.kv_cache_tokens``, ``eval.batch_size``, ``optim.micro_batch_tokens``,
+``model.activation_checkpointing``: verl has its own, passed through ``verl.*``). Settings verl cannot
+honour (a teacher temperature other than 1, a log-prob temperature different from the rollout's, no
+gradient clipping) raise.
 """
 
 from __future__ import annotations
