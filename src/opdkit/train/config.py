@@ -92,6 +92,16 @@ class OptimConfig:
     grad_clip: float = doc(1.0, "global gradient-norm clip (0 = off)")
     mini_batches: int = doc(1, "optimizer updates per step (1 = on-policy; >1 splits the groups, PPO-style)")
     micro_batch_size: int = doc(0, "sequences per forward/backward (0 = the whole mini-batch)")
+    max_update_ratio: float = doc(
+        10.0,
+        "refuse (roll back) an update whose norm exceeds this multiple of the weights' norm (0 = only refuse "
+        "updates that make a weight non-finite); an Adam update is about lr/rms(weights) times the weights",
+    )
+    max_bad_updates: int = doc(
+        3,
+        "stop the run (after a checkpoint of the last good weights) after this many consecutive updates "
+        "refused for non-finite loss/gradient or unhealthy weights (0 = never stop)",
+    )
 
 
 @dataclass(frozen=True)

@@ -108,9 +108,11 @@ def train(
     optimizer, scheduler = make_optimizer(cfg, models.student)
     sampler = PromptSampler(len(data.train), cfg.seed)
     verifiers = VerifierCache()
-    start, teacher_failures = 0, 0
+    start, teacher_failures, bad_streak = 0, 0, 0
     if resume:
-        start, teacher_failures = _restore(run, models.student, (optimizer, scheduler), sampler, ctx)
+        start, teacher_failures, bad_streak = _restore(
+            run, models.student, (optimizer, scheduler), sampler, ctx
+        )
     method.setup(cfg.method, ctx)
     last_eval = (
         _evaluate(cfg, run, models, data, 0) if start == 0 and cfg.eval.at_start and data.eval else None
@@ -139,12 +141,14 @@ def train(
         prepared = method.prepare(cfg.method, rollouts.batch, ctx)
         t2 = time.perf_counter()
         # 5. loss, optimizer step(s), EMA teacher update
-        stats = UpdateStats()
+        stats = UpdateStats(bad_streak=bad_streak)
         if prepared.skip_reason is None:
-            settings = UpdateSettings(cfg.optim.mini_batches, cfg.optim.micro_batch_size, cfg.optim.grad_clip)
-            stats = run_updates(
-                method, cfg.method, rollouts.batch, prepared, ctx, (optimizer, scheduler), settings
-            )
+            o = cfg.optim
+            settings = UpdateSettings(o.mini_batches, o.micro_batch_size, o.grad_clip, o.max_update_ratio,
+                                      o.max_bad_updates)  # fmt: skip
+            stats = run_updates(method, cfg.method, rollouts.batch, prepared, ctx, (optimizer, scheduler),
+                                settings, bad_streak)  # fmt: skip
+        bad_streak = stats.bad_streak
         t3 = time.perf_counter()
         failed_rows = prepared.metrics.get("teacher/failed_rows", 0.0)
         teacher_failures = teacher_failures + 1 if failed_rows > 0 else 0
@@ -169,7 +173,8 @@ def train(
             if progress is not None:
                 progress(step, row)
         stop = method.uses_teacher and teacher_failures >= cfg.teacher.max_failed_steps
-        if _due(step, cfg.checkpoint_every, cfg.steps) or stop:
+        bad_weights = 0 < cfg.optim.max_bad_updates <= bad_streak  # the weights are still the last good ones
+        if _due(step, cfg.checkpoint_every, cfg.steps) or stop or bad_weights:
             _save(
                 run,
                 step,
@@ -177,9 +182,12 @@ def train(
                 (optimizer, scheduler),
                 sampler,
                 ctx,
-                teacher_failures,
+                (teacher_failures, bad_streak),
                 cfg.keep_checkpoints,
             )
+        if bad_weights:
+            status = f"stopped: {bad_streak} consecutive updates refused (last: {stats.refusal})"
+            return TrainResult(run.path, step, status, last_eval)
         if stop:
             status = f"stopped: teacher failed on {teacher_failures} consecutive steps"
             return TrainResult(run.path, step, status, last_eval)
@@ -225,8 +233,9 @@ def _eval_row(summary: dict[str, Any]) -> dict[str, float]:
     return {f"eval/{k}": v for k, v in summary["average"].items() if k != "num_problems"}
 
 
-def _save(run, step, models, optim, sampler, ctx, teacher_failures, keep) -> None:
+def _save(run, step, models, optim, sampler, ctx, counters, keep) -> None:
     optimizer, scheduler = optim
+    teacher_failures, bad_streak = counters
     state = {
         "step": step,
         "optimizer": optimizer.state_dict(),
@@ -234,6 +243,7 @@ def _save(run, step, models, optim, sampler, ctx, teacher_failures, keep) -> Non
         "sampler": sampler.state_dict(),
         "rng": rng_state(),
         "teacher_failures": teacher_failures,
+        "bad_updates": bad_streak,
         "paced_weights_D": ctx.paced_weights_D,
     }
     teacher_state = ctx.self_teacher.state_dict() if ctx.self_teacher is not None else {}
@@ -243,13 +253,14 @@ def _save(run, step, models, optim, sampler, ctx, teacher_failures, keep) -> Non
     )
 
 
-def _restore(run: RunDir, student, optim, sampler: PromptSampler, ctx: MethodContext) -> tuple[int, int]:
-    """Load the newest complete checkpoint into the live objects -> (step, consecutive teacher failures)."""
+def _restore(run: RunDir, student, optim, sampler: PromptSampler, ctx: MethodContext) -> tuple[int, int, int]:
+    """Load the newest complete checkpoint into the live objects -> (step, consecutive teacher failures,
+    consecutive refused updates)."""
     ckpt = latest_checkpoint(run.path)
     if ckpt is None:
         print(f"no complete checkpoint in {run.path}; starting from step 0")
         run.truncate_metrics(-1)
-        return 0, 0
+        return 0, 0, 0
     from transformers import AutoModelForCausalLM
 
     saved = AutoModelForCausalLM.from_pretrained(ckpt / "model", dtype=next(student.parameters()).dtype)
@@ -264,4 +275,4 @@ def _restore(run: RunDir, student, optim, sampler: PromptSampler, ctx: MethodCon
     set_rng_state(state["rng"])
     run.truncate_metrics(state["step"])
     print(f"resumed from {ckpt} (step {state['step']})")
-    return int(state["step"]), int(state["teacher_failures"])
+    return int(state["step"]), int(state["teacher_failures"]), int(state.get("bad_updates", 0))
