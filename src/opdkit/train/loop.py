@@ -33,9 +33,9 @@ from opdkit.rollout import SamplingParams
 from opdkit.teachers.self_teacher import make_teacher_weights
 from opdkit.train.checkpoint import (
     CheckpointParts,
-    latest_checkpoint,
-    load_state,
-    load_teacher_state,
+    CheckpointWriteError,
+    load_latest_checkpoint,
+    remove_partial_checkpoints,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -83,6 +83,8 @@ def train(
         torch.set_num_threads(cfg.threads)
     _quiet_transformers()
     seed_everything(cfg.seed)
+    if resume:  # a killed save's folder must not keep a full disk full while the resume writes config.yaml
+        remove_partial_checkpoints(Path(run_dir))
     run = RunDir.open(run_dir, cfg, resume=resume, overwrite=overwrite)
     device = resolve_device(cfg.model.device)
     models = load_models(cfg, device)
@@ -175,16 +177,11 @@ def train(
         stop = method.uses_teacher and teacher_failures >= cfg.teacher.max_failed_steps
         bad_weights = 0 < cfg.optim.max_bad_updates <= bad_streak  # the weights are still the last good ones
         if _due(step, cfg.checkpoint_every, cfg.steps) or stop or bad_weights:
-            _save(
-                run,
-                step,
-                models,
-                (optimizer, scheduler),
-                sampler,
-                ctx,
-                (teacher_failures, bad_streak),
-                cfg.keep_checkpoints,
-            )
+            try:
+                _save(run, step, models, (optimizer, scheduler), sampler, ctx, (teacher_failures, bad_streak),
+                      cfg.keep_checkpoints)  # fmt: skip
+            except CheckpointWriteError as exc:  # e.g. a full disk; the partial folder is already removed
+                return TrainResult(run.path, step, f"stopped: {exc}", last_eval)
         if bad_weights:
             status = f"stopped: {bad_streak} consecutive updates refused (last: {stats.refusal})"
             return TrainResult(run.path, step, status, last_eval)
@@ -256,23 +253,20 @@ def _save(run, step, models, optim, sampler, ctx, counters, keep) -> None:
 def _restore(run: RunDir, student, optim, sampler: PromptSampler, ctx: MethodContext) -> tuple[int, int, int]:
     """Load the newest complete checkpoint into the live objects -> (step, consecutive teacher failures,
     consecutive refused updates)."""
-    ckpt = latest_checkpoint(run.path)
+    ckpt = load_latest_checkpoint(run.path, next(student.parameters()).dtype)
     if ckpt is None:
         print(f"no complete checkpoint in {run.path}; starting from step 0")
         run.truncate_metrics(-1)
         return 0, 0, 0
-    from transformers import AutoModelForCausalLM
-
-    saved = AutoModelForCausalLM.from_pretrained(ckpt / "model", dtype=next(student.parameters()).dtype)
-    student.load_state_dict(saved.state_dict())  # strict: any mismatch is an error, not a silent skip
-    state = load_state(ckpt)
+    student.load_state_dict(ckpt.model_state)  # strict: any mismatch is an error, not a silent skip
+    state = ckpt.state
     optim[0].load_state_dict(state["optimizer"])
     optim[1].load_state_dict(state["scheduler"])
     sampler.load_state_dict(state["sampler"])
     if ctx.self_teacher is not None:
-        ctx.self_teacher.load_state_dict(load_teacher_state(ckpt))
+        ctx.self_teacher.load_state_dict(ckpt.teacher_state)
     ctx.paced_weights_D = state.get("paced_weights_D")
     set_rng_state(state["rng"])
     run.truncate_metrics(state["step"])
-    print(f"resumed from {ckpt} (step {state['step']})")
+    print(f"resumed from {ckpt.path} (step {state['step']})")
     return int(state["step"]), int(state["teacher_failures"]), int(state.get("bad_updates", 0))
