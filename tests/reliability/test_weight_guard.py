@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 from tiny_run_parts import build_parts, run_overrides
 
-from opdkit.train import load_config, train
+from opdkit.train import load_config, train, weight_guard
 from opdkit.train.weight_guard import guarded_step
 
 G = torch.tensor([1.0, -2.0])  # the gradient of every unit test
@@ -45,6 +45,14 @@ def test_adamw_updates_are_predicted_exactly_and_applied(fused):
     # ||θ₁|| = √(2.9² + 4.1²) = √25.22
     assert second.applied and second.ratio == pytest.approx(0.1 * math.sqrt(2) / math.sqrt(25.22), rel=1e-5)
     assert torch.allclose(p.detach(), torch.tensor([2.8, 4.2]))
+
+
+def test_the_prediction_is_the_same_when_a_tensor_spans_several_chunks(monkeypatch):
+    # One element per chunk: the sums over chunks must give the single-chunk ρ = 0.1·√2 / 5 of the test above.
+    monkeypatch.setattr(weight_guard, "_CHUNK", 1)
+    p, opt = _param_and_adamw([3.0, 4.0], lr=0.1)
+    check = _step(p, opt)
+    assert check.applied and check.ratio == pytest.approx(0.1 * math.sqrt(2) / 5, rel=1e-5)
 
 
 def test_decoupled_weight_decay_is_part_of_the_predicted_update():

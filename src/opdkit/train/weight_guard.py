@@ -61,7 +61,7 @@ def guarded_step(optimizer: torch.optim.Optimizer, max_ratio: float) -> UpdateCh
 
 def _judge(delta_sq: float, theta_sq: float, finite: bool, max_ratio: float) -> UpdateCheck:
     ratio = math.sqrt(delta_sq / theta_sq) if theta_sq > 0 else 0.0
-    if not (finite and math.isfinite(delta_sq)):
+    if not finite:
         return UpdateCheck(False, math.inf, "the update makes the weights non-finite")
     if max_ratio > 0 and ratio > max_ratio:
         return UpdateCheck(False, ratio, f"update norm {ratio:.3g}x the weights' norm > {max_ratio:g}")
@@ -82,36 +82,36 @@ def _predict_adamw(optimizer: torch.optim.Optimizer) -> tuple[float, float, bool
     AdamW at step t (t counts from 1), for each parameter with a gradient g:
         m = β₁m + (1−β₁)g,   v = β₂v + (1−β₂)g²,
         θ' = θ(1 − lr·λ) − lr/(1−β₁ᵗ) · m / (√v/√(1−β₂ᵗ) + ε)        (λ = weight decay; no decay if λ = 0)
+    Sums accumulate on each parameter's device and are read once at the end (no per-chunk host sync).
     """
-    delta_sq, theta_sq, finite = [], [], []
+    sums: dict[torch.device, torch.Tensor] = {}  # device -> [Σ Δθ², Σ θ², count of non-finite θ']
     for group in optimizer.param_groups:
-        lr, (beta1, beta2) = float(group["lr"]), (float(b) for b in group["betas"])
-        eps, wd = float(group["eps"]), float(group["weight_decay"])
         for p in group["params"]:
             if p.grad is None:
                 continue  # AdamW leaves it untouched
+            acc = sums.setdefault(p.device, torch.zeros(3, device=p.device))
             state = optimizer.state.get(p, {})
             t = float(state["step"]) + 1 if "step" in state else 1.0
-            bc1, bc2_sqrt = 1 - beta1**t, math.sqrt(1 - beta2**t)
-            m_all, v_all = state.get("exp_avg"), state.get("exp_avg_sq")
             for lo in range(0, p.numel(), _CHUNK):
-                sl = slice(lo, lo + _CHUNK)
-                theta = p.detach().reshape(-1)[sl].float()
-                g = p.grad.reshape(-1)[sl].float()
-                m = (
-                    (1 - beta1) * g
-                    if m_all is None
-                    else beta1 * m_all.reshape(-1)[sl].float() + (1 - beta1) * g
-                )
-                v = (1 - beta2) * g * g
-                if v_all is not None:
-                    v = v + beta2 * v_all.reshape(-1)[sl].float()
-                new = theta * (1 - lr * wd) if wd != 0 else theta
-                new = new - (lr / bc1) * m / (v.sqrt() / bc2_sqrt + eps)
-                finite.append(torch.isfinite(new.to(p.dtype)).all())
-                delta_sq.append((new - theta).double().square().sum())
-                theta_sq.append(theta.double().square().sum())
-    return _total(delta_sq), _total(theta_sq), all(bool(f) for f in finite)
+                acc += _adamw_chunk(p, state, group, t, slice(lo, lo + _CHUNK))
+    total = sum((a.cpu() for a in sums.values()), torch.zeros(3))
+    return float(total[0]), float(total[1]), bool(total[2] == 0)
+
+
+def _adamw_chunk(p: torch.Tensor, state: dict, group: dict, t: float, sl: slice) -> torch.Tensor:
+    """[Σ Δθ², Σ θ², non-finite count] of one flat chunk of ``p``, in float32 (see ``_predict_adamw``)."""
+    lr, eps, wd = float(group["lr"]), float(group["eps"]), float(group["weight_decay"])
+    beta1, beta2 = (float(b) for b in group["betas"])
+    theta = p.detach().reshape(-1)[sl].float()
+    g = p.grad.reshape(-1)[sl].float()
+    m, v = (1 - beta1) * g, (1 - beta2) * g * g
+    if "exp_avg" in state:
+        m = m + beta1 * state["exp_avg"].reshape(-1)[sl].float()
+        v = v + beta2 * state["exp_avg_sq"].reshape(-1)[sl].float()
+    new = theta * (1 - lr * wd) if wd != 0 else theta
+    new = new - (lr / (1 - beta1**t)) * m / (v.sqrt() / math.sqrt(1 - beta2**t) + eps)
+    bad = (~torch.isfinite(new.to(p.dtype))).sum()
+    return torch.stack([(new - theta).square().sum(), theta.square().sum(), bad.float()])
 
 
 def _total(parts: list[torch.Tensor]) -> float:
@@ -125,8 +125,8 @@ def _snapshot_step(optimizer: torch.optim.Optimizer, max_ratio: float) -> Update
     before = [p.detach().clone() for p in params]
     saved = copy.deepcopy(optimizer.state_dict())
     optimizer.step()
-    delta_sq = _total([(p.double() - b.double()).square().sum() for p, b in zip(params, before, strict=True)])
-    theta_sq = _total([b.double().square().sum() for b in before])
+    delta_sq = _total([(p.float() - b.float()).square().sum() for p, b in zip(params, before, strict=True)])
+    theta_sq = _total([b.float().square().sum() for b in before])
     finite = all(bool(torch.isfinite(p).all()) for p in params)
     check = _judge(delta_sq, theta_sq, finite, max_ratio)
     if not check.applied:
