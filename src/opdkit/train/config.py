@@ -123,6 +123,16 @@ class OptimConfig:
         "token budget per forward/backward: rows x (prompt + response width) <= it (0 = off; the smaller "
         "of this and micro_batch_size wins)",
     )
+    max_update_ratio: float = doc(
+        10.0,
+        "refuse (roll back) an update whose norm exceeds this multiple of the weights' norm (0 = only refuse "
+        "updates that make a weight non-finite); an Adam update is about lr/rms(weights) times the weights",
+    )
+    max_bad_updates: int = doc(
+        3,
+        "stop the run (after a checkpoint of the last good weights) after this many consecutive updates "
+        "refused for non-finite loss/gradient or unhealthy weights (0 = never stop)",
+    )
 
 
 @dataclass(frozen=True)

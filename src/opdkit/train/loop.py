@@ -35,9 +35,9 @@ from opdkit.rollout.budget import cache_token_budget
 from opdkit.teachers.self_teacher import make_teacher_weights
 from opdkit.train.checkpoint import (
     CheckpointParts,
-    latest_checkpoint,
-    load_state,
-    load_teacher_state,
+    CheckpointWriteError,
+    load_latest_checkpoint,
+    remove_partial_checkpoints,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -92,6 +92,8 @@ def train(
         torch.set_num_threads(cfg.threads)
     _quiet_transformers()
     seed_everything(cfg.seed)
+    if resume:  # a killed save's folder must not keep a full disk full while the resume writes config.yaml
+        remove_partial_checkpoints(Path(run_dir))
     run = RunDir.open(run_dir, cfg, resume=resume, overwrite=overwrite)
     device = resolve_device(cfg.model.device)
     models = load_models(cfg, device)
@@ -116,9 +118,11 @@ def train(
     scaler = LossScaler(cfg.model.dtype, device)  # float16 only; float32 master weights always
     sampler = PromptSampler(len(data.train), cfg.seed)
     verifiers = VerifierCache()
-    start, teacher_failures = 0, 0
+    start, teacher_failures, bad_streak = 0, 0, 0
     if resume:
-        start, teacher_failures = _restore(run, models.student, (optimizer, scheduler, scaler), sampler, ctx)
+        start, teacher_failures, bad_streak = _restore(
+            run, models.student, (optimizer, scheduler, scaler), sampler, ctx
+        )
     with autocast(cfg.model.dtype, device):
         method.setup(cfg.method, ctx)
     last_eval = (
@@ -151,18 +155,20 @@ def train(
             prepared = method.prepare(cfg.method, rollouts.batch, ctx)
         t2 = time.perf_counter()
         # 5. loss, optimizer step(s), EMA teacher update
-        stats = UpdateStats()
+        stats = UpdateStats(bad_streak=bad_streak)
         if prepared.skip_reason is None:
             o = cfg.optim
             settings = UpdateSettings(
-                o.mini_batches, o.micro_batch_size, o.grad_clip, cfg.model.dtype, scaler, o.micro_batch_tokens
-            )
-            stats = run_updates(
-                method, cfg.method, rollouts.batch, prepared, ctx, (optimizer, scheduler), settings
-            )
+                o.mini_batches, o.micro_batch_size, o.grad_clip, dtype=cfg.model.dtype, scaler=scaler,
+                micro_batch_tokens=o.micro_batch_tokens, max_update_ratio=o.max_update_ratio,
+                max_bad_updates=o.max_bad_updates,
+            )  # fmt: skip
+            stats = run_updates(method, cfg.method, rollouts.batch, prepared, ctx, (optimizer, scheduler),
+                                settings, bad_streak)  # fmt: skip
         elif cfg.optim.step_on_empty:  # the reference's zero-gradient steps (update.step_without_signal)
             updates = len(mini_batch_rows(rollouts.batch, cfg.optim.mini_batches))
             stats = step_without_signal(ctx.student, ctx.self_teacher, (optimizer, scheduler), updates)
+        bad_streak = stats.bad_streak
         t3 = time.perf_counter()
         failed_rows = prepared.metrics.get("teacher/failed_rows", 0.0)
         teacher_failures = teacher_failures + 1 if failed_rows > 0 else 0
@@ -188,17 +194,16 @@ def train(
             if progress is not None:
                 progress(step, row)
         stop = method.uses_teacher and teacher_failures >= cfg.teacher.max_failed_steps
-        if _due(step, cfg.checkpoint_every, cfg.steps) or stop:
-            _save(
-                run,
-                step,
-                models,
-                (optimizer, scheduler, scaler),
-                sampler,
-                ctx,
-                teacher_failures,
-                cfg.keep_checkpoints,
-            )
+        bad_weights = 0 < cfg.optim.max_bad_updates <= bad_streak  # the weights are still the last good ones
+        if _due(step, cfg.checkpoint_every, cfg.steps) or stop or bad_weights:
+            try:
+                _save(run, step, models, (optimizer, scheduler, scaler), sampler, ctx,
+                      (teacher_failures, bad_streak), cfg.keep_checkpoints)  # fmt: skip
+            except CheckpointWriteError as exc:  # e.g. a full disk; the partial folder is already removed
+                return TrainResult(run.path, step, f"stopped: {exc}", last_eval)
+        if bad_weights:
+            status = f"stopped: {bad_streak} consecutive updates refused (last: {stats.refusal})"
+            return TrainResult(run.path, step, status, last_eval)
         if stop:
             status = f"stopped: teacher failed on {teacher_failures} consecutive steps"
             return TrainResult(run.path, step, status, last_eval)
@@ -262,8 +267,9 @@ def _eval_row(summary: dict[str, Any]) -> dict[str, float]:
     return {f"eval/{k}": v for k, v in summary["average"].items() if k != "num_problems"}
 
 
-def _save(run, step, models, optim, sampler, ctx, teacher_failures, keep) -> None:
+def _save(run, step, models, optim, sampler, ctx, counters, keep) -> None:
     optimizer, scheduler, scaler = optim
+    teacher_failures, bad_streak = counters
     state = {
         "step": step,
         "optimizer": optimizer.state_dict(),
@@ -271,6 +277,7 @@ def _save(run, step, models, optim, sampler, ctx, teacher_failures, keep) -> Non
         "sampler": sampler.state_dict(),
         "rng": rng_state(),
         "teacher_failures": teacher_failures,
+        "bad_updates": bad_streak,
         "paced_weights_D": ctx.paced_weights_D,
         "loss_scaler": scaler.state_dict(),
     }
@@ -281,26 +288,24 @@ def _save(run, step, models, optim, sampler, ctx, teacher_failures, keep) -> Non
     )
 
 
-def _restore(run: RunDir, student, optim, sampler: PromptSampler, ctx: MethodContext) -> tuple[int, int]:
-    """Load the newest complete checkpoint into the live objects -> (step, consecutive teacher failures)."""
-    ckpt = latest_checkpoint(run.path)
+def _restore(run: RunDir, student, optim, sampler: PromptSampler, ctx: MethodContext) -> tuple[int, int, int]:
+    """Load the newest complete checkpoint into the live objects -> (step, consecutive teacher failures,
+    consecutive refused updates)."""
+    ckpt = load_latest_checkpoint(run.path, next(student.parameters()).dtype)
     if ckpt is None:
         print(f"no complete checkpoint in {run.path}; starting from step 0")
         run.truncate_metrics(-1)
-        return 0, 0
-    from transformers import AutoModelForCausalLM
-
-    saved = AutoModelForCausalLM.from_pretrained(ckpt / "model", dtype=next(student.parameters()).dtype)
-    student.load_state_dict(saved.state_dict())  # strict: any mismatch is an error, not a silent skip
-    state = load_state(ckpt)
+        return 0, 0, 0
+    student.load_state_dict(ckpt.model_state)  # strict: any mismatch is an error, not a silent skip
+    state = ckpt.state
     optim[0].load_state_dict(state["optimizer"])
     optim[1].load_state_dict(state["scheduler"])
     sampler.load_state_dict(state["sampler"])
     optim[2].load_state_dict(state.get("loss_scaler", {}))
     if ctx.self_teacher is not None:
-        ctx.self_teacher.load_state_dict(load_teacher_state(ckpt))
+        ctx.self_teacher.load_state_dict(ckpt.teacher_state)
     ctx.paced_weights_D = state.get("paced_weights_D")
     set_rng_state(state["rng"])
     run.truncate_metrics(state["step"])
-    print(f"resumed from {ckpt} (step {state['step']})")
-    return int(state["step"]), int(state["teacher_failures"])
+    print(f"resumed from {ckpt.path} (step {state['step']})")
+    return int(state["step"]), int(state["teacher_failures"]), int(state.get("bad_updates", 0))

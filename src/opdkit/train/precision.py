@@ -16,16 +16,18 @@ scaling. The scaler's state is saved in checkpoints, so a resumed run continues 
 
     with autocast("bfloat16", device):
         loss = method.loss(...)
-    scaler.backward(loss); scaler.unscale(optimizer); clip...; scaler.step(optimizer)
+    scaler.backward(loss); scaler.unscale(optimizer); clip...; scaler.step(lambda: optimizer.step())
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -52,7 +54,7 @@ class LossScaler:
     """Dynamic loss scaling for float16 compute; for other dtypes every method is the plain operation.
 
     Call order per optimizer update: ``backward`` (each micro-batch), ``unscale`` (before clipping), then
-    ``step`` or, when the update is dropped, ``skip``.
+    ``step(apply)`` or, when the update is dropped, ``skip``.
     """
 
     def __init__(self, name: str, device: torch.device | str) -> None:
@@ -69,18 +71,18 @@ class LossScaler:
             self._scaler.unscale_(optimizer)
             self._unscaled = True
 
-    def step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self._scaler is None:
-            optimizer.step()
-            return
-        self._scaler.step(optimizer)
-        self._scaler.update()
-        self._unscaled = False
+    def step(self, apply: Callable[[], T]) -> T:
+        """Apply the update with ``apply()`` (the caller has checked the unscaled gradients are finite, which
+        is the check ``GradScaler.step`` would make), then let float16's scale grow on schedule."""
+        result = apply()
+        self.skip()
+        return result
 
     def skip(self) -> None:
-        """The update was dropped (a non-finite loss or gradient): with float16, lower the scale."""
+        """End the update, applied or dropped: with float16, update the scale from ``unscale``'s overflow
+        check (halved after an overflow, grown after enough clean steps)."""
         if self._scaler is not None and self._unscaled:
-            self._scaler.update()  # reads the overflow found by unscale and halves the scale
+            self._scaler.update()
         self._unscaled = False
 
     def state_dict(self) -> dict[str, Any]:

@@ -7,7 +7,10 @@ group-level quantities stay whole) and updates 2.. are off-policy, where clippin
 Each mini-batch's loss denominators are computed from the whole mini-batch first, so summing the micro-batch
 losses equals the loss of the whole mini-batch (``core.losses.aggregate(global_denominator=...)``). A
 non-finite loss or gradient norm skips that update: gradients are dropped, the optimizer, scheduler and EMA
-teacher are untouched, and the skip is counted.
+teacher are untouched, and the skip is counted. An update whose new weights would be non-finite or exploding
+is refused the same way by the weight-health guard (``weight_guard``) and counted as a weight rollback.
+``bad_streak`` counts refused updates of either kind in a row, across steps; the loop stops the run when it
+reaches ``optim.max_bad_updates``.
 
 A step without signal (the method's ``skip_reason``: every advantage 0, no informative question, no teacher
 scores) makes no update by default. ``step_without_signal`` is the reference trainers' behaviour instead
@@ -29,6 +32,7 @@ from opdkit.core.groups import group_index
 from opdkit.train.batch import Prepared, StepBatch, micro_batch_size
 from opdkit.train.methods.base import Method, MethodContext
 from opdkit.train.precision import LossScaler, autocast
+from opdkit.train.weight_guard import guarded_step
 
 
 @dataclass
@@ -38,14 +42,31 @@ class UpdateStats:
     values: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     updates: int = 0
     nonfinite_skips: int = 0
+    weight_rollbacks: int = 0
+    bad_streak: int = 0  # refused updates in a row at the end of this step (continuing the previous steps')
+    refusal: str = ""  # why the last refused update was refused
 
     def as_metrics(self) -> dict[str, float]:
-        out = {
-            f"loss/{k}" if k != "grad_norm" else "grad/norm": sum(v) / len(v) for k, v in self.values.items()
-        }
+        names = {
+            "grad_norm": "grad/norm",
+            "update_ratio": "train/update_ratio",
+        }  # ||Δθ||/||θ|| (weight_guard)
+        out = {names.get(k, f"loss/{k}"): sum(v) / len(v) for k, v in self.values.items()}
         out["train/updates"] = float(self.updates)
         out["train/nonfinite_skips"] = float(self.nonfinite_skips)
+        out["train/weight_rollbacks"] = float(self.weight_rollbacks)
+        out["train/bad_updates_in_a_row"] = float(self.bad_streak)
         return out
+
+    def refuse(self, optimizer: torch.optim.Optimizer, reason: str, *, by_guard: bool) -> None:
+        """Count an update that was not applied (gradients dropped; nothing else was touched)."""
+        optimizer.zero_grad(set_to_none=True)
+        if by_guard:
+            self.weight_rollbacks += 1
+        else:
+            self.nonfinite_skips += 1
+        self.bad_streak += 1
+        self.refusal = reason
 
 
 def mini_batch_rows(batch: StepBatch, count: int) -> list[torch.Tensor]:
@@ -77,6 +98,8 @@ class UpdateSettings:
     dtype: str = "float32"
     scaler: LossScaler | None = None
     micro_batch_tokens: int = 0  # token budget per forward/backward (``batch.micro_batch_size``)
+    max_update_ratio: float = 10.0  # the weight guard's bound on ||Δθ||/||θ|| (0 = finiteness only)
+    max_bad_updates: int = 0  # stop making updates after this many refused in a row (0 = never)
 
 
 def run_updates(
@@ -87,10 +110,15 @@ def run_updates(
     ctx: MethodContext,
     optim: tuple[torch.optim.Optimizer, Any],
     settings: UpdateSettings,
+    bad_streak: int = 0,
 ) -> UpdateStats:
-    """All optimizer updates of one step; the EMA self-teacher follows each successful update (§4.6)."""
+    """All optimizer updates of one step; the EMA self-teacher follows each successful update (§4.6).
+
+    ``bad_streak``: refused updates in a row before this step; the step makes no more updates once the
+    streak reaches ``settings.max_bad_updates``.
+    """
     optimizer, scheduler = optim
-    stats = UpdateStats()
+    stats = UpdateStats(bad_streak=bad_streak)
     scaler = settings.scaler or LossScaler("float32", "cpu")
     device = next(ctx.student.parameters()).device
     params = [p for p in ctx.student.parameters() if p.requires_grad]
@@ -99,6 +127,8 @@ def run_updates(
         # updates after the first are off-policy: the current log-probs are no longer the old ones (§2.2)
         raise ValueError("several updates per step need the old log-probs (RolloutRequest.old_logprobs)")
     for rows in mini_batches:
+        if 0 < settings.max_bad_updates <= stats.bad_streak:
+            break
         mini, mini_prep = batch.select(rows), prepared.select(rows)
         denoms = method.denominators(method_cfg, mini, mini_prep)
         optimizer.zero_grad(set_to_none=True)
@@ -119,17 +149,21 @@ def run_updates(
             scaler.unscale(optimizer)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip)) if finite else math.nan
         if not (finite and math.isfinite(grad_norm)):
-            optimizer.zero_grad(set_to_none=True)
             scaler.skip()
-            stats.nonfinite_skips += 1
+            stats.refuse(optimizer, "non-finite loss or gradient", by_guard=False)
             continue
-        scaler.step(optimizer)
+        check = scaler.step(lambda: guarded_step(optimizer, settings.max_update_ratio))
+        if not check.applied:  # nothing was changed: the scheduler and the EMA teacher stay too
+            stats.refuse(optimizer, check.reason, by_guard=True)
+            continue
+        stats.bad_streak = 0
         scheduler.step()
         if ctx.self_teacher is not None:
             ctx.self_teacher.update(ctx.student)
         stats.updates += 1
         stats.values["total"].append(total)
         stats.values["grad_norm"].append(grad_norm)
+        stats.values["update_ratio"].append(check.ratio)
     optimizer.zero_grad(set_to_none=True)  # free the gradients before the next rollout needs the memory
     return stats
 
