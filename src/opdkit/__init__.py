@@ -11,6 +11,9 @@ Layers (imports point downward only; import-linter enforces it):
     L0  core, metrics          (pure functions over tensors: torch, numpy, stdlib)
 
 ``import opdkit`` only defines names; heavy libraries are imported by the modules that need them.
+
+Section references in comments and docstrings (``§5.4``, ``§11 A8``) point at ``docs/algorithms.md``;
+``docs/architecture.md`` lists where each formula is implemented and tested.
 """
 
 __version__ = "0.1.0"

@@ -1,6 +1,6 @@
 """Evaluation metrics of the papers: mean@k, unbiased pass@k, exact maj@k and their bootstrap variants.
 
-ALGORITHMS.md §8.1. Per question, from k samples with binary scores s_j and extracted predictions pred_j:
+docs/algorithms.md §8.1. Per question, from k samples with binary scores s_j and extracted predictions pred_j:
 
 - ``mean_at_k``   (Avg@k): (1/k) Σ_j s_j, averaged over questions.
 - ``pass_at_k``   unbiased (Chen et al. 2021): 1 − C(n−c, k)/C(n, k) for one question with c correct of n.

@@ -1,6 +1,6 @@
 """Advantages: GRPO's group-normalised outcome advantage and the OPD per-token advantage.
 
-GRPO (ALGORITHMS.md §2.1, verl ``compute_grpo_outcome_advantage``)::
+GRPO (docs/algorithms.md §2.1, verl ``compute_grpo_outcome_advantage``)::
 
     A_i = (r_i − mean_q) / (std_q + ε)      normalize_std=True   ("GRPO")
     A_i =  r_i − mean_q                     normalize_std=False  ("GRPO w/o Norm", Dr.GRPO style)

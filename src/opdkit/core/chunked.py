@@ -1,6 +1,6 @@
 """Chunked distillation loss from hidden states: the (N, T, V) logits never exist at once.
 
-What it computes (ALGORITHMS.md §3.2-§3.4, §4.7, §6.2, §7.4): for every response position of the loss mask,
+What it computes (§3.2-§3.4, §4.7, §6.2, §7.4): for every response position of the loss mask,
 student logits z_S = (h_S·Wᵀ + b)/T and teacher logits z_T (from the teacher's hidden states and head, or
 the teacher's top-K log-probs from a server), the divergence D (full vocabulary, or the student's top-k
 support with a tail bucket or renormalised; α = 0 forward KL, 1 reverse KL, else JSD_α), optionally the

@@ -1,7 +1,7 @@
 """Distillation divergences with their analytic gradient w.r.t. the student logits, one chunk at a time.
 
 ``opdkit.core.chunked`` calls these on a chunk of R positions so that the (N, T, V) logits never exist at
-once. Each function returns the per-row divergence D (R,) of ``distillation_token_loss`` (ALGORITHMS.md
+once. Each function returns the per-row divergence D (R,) of ``distillation_token_loss`` (docs/algorithms.md
 §3.2, §3.3) and, when asked, dD/dz (R, V) for the student logits z (already divided by the temperature):
 exactly what autograd gives for the reference, including its floors (log-probs clamped at ``LOGP_FLOOR``)
 and clamps (each KL clamped at 0, the top-k mass clamped at −1e-7 before the tail bucket).

@@ -1,6 +1,6 @@
 """Divergences between student and teacher distributions at each response position.
 
-``token_divergence`` (ALGORITHMS.md §3.2) reduces the last dimension of two log-prob tensors (over V, or over
+``token_divergence`` (§3.2) reduces the last dimension of two log-prob tensors (over V, or over
 the K+1 top-k-plus-tail buckets of §3.3):
 
     alpha = 0        forward KL   KL(T‖S) = Σ e^t (t − s)

@@ -62,7 +62,7 @@ def group_max(x_N: torch.Tensor, index: GroupIndex) -> torch.Tensor:
 def sequence_mean(x_N_T: torch.Tensor, mask_N_T: torch.Tensor) -> torch.Tensor:
     """Length-normalised sum over the valid tokens of each row: Σ_t m·x / max(1, Σ_t m) -> (N,).
 
-    ALGORITHMS.md §5.3: the mean log-prob of a response (a zero-length response gives 0, i.e. PPL = 1).
+    docs/algorithms.md §5.3: the mean log-prob of a response (a zero-length response gives 0, i.e. PPL = 1).
     Masked positions may hold anything, NaN included: they are selected away, not multiplied.
     """
     mask = mask_N_T.to(torch.bool)

@@ -1,4 +1,4 @@
-"""Boxed-answer extraction from LaTeX text, with real brace matching (ALGORITHMS.md §9.1).
+"""Boxed-answer extraction from LaTeX text, with real brace matching (docs/algorithms.md §9.1).
 
 Lives in core because both the verifiers (``opdkit.rewards``) and the benchmark adapters (``opdkit.data``:
 Minerva's gold answer is the box in its solution) need it, and L1 packages do not import each other.

@@ -1,6 +1,6 @@
 """Loss aggregation, the PPO-style clipped surrogate, importance weights and the methods' combined losses.
 
-Aggregation (ALGORITHMS.md §2.3), M the (N, T) loss mask and ℓ the per-token loss:
+Aggregation (docs/algorithms.md §2.3), M the (N, T) loss mask and ℓ the per-token loss:
 
     token-mean                Σ M·ℓ / Σ M
     seq-mean-token-sum        (1/N_s) Σ_i Σ_t M·ℓ

@@ -1,6 +1,6 @@
 """The methods' combined objectives, built from ``losses`` and ``divergences``.
 
-- SCOPE (ALGORITHMS.md §5.5). Code path (``agg="code"``, the reference default)::
+- SCOPE (docs/algorithms.md §5.5). Code path (``agg="code"``, the reference default)::
 
       A[i,t] = w_tea_i (logp_T − logp_old)[i,t] m[i,t]   on wrong rows;  A = 0 on correct rows
       L_PG   = token-mean over ALL valid tokens of the clipped surrogate with A

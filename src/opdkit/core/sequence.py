@@ -1,6 +1,6 @@
 """Packing prompt ⊕ response for a causal LM forward, and aligning its logits with the response tokens.
 
-ALGORITHMS.md §0 "Logit alignment". Prompts are left-padded to P columns, responses right-padded to T:
+docs/algorithms.md §0 "Logit alignment". Prompts are left-padded to P columns, responses right-padded to T:
 
     input_ids      = [prompt_ids_N_P | response_ids_N_T]            (N, P+T)
     attention_mask = [prompt_mask    | response_mask]

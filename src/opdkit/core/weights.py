@@ -1,6 +1,6 @@
 """Weights of the methods: SC-SDPO pass-rate weights, hard filter, PACED, SCOPE dual path, SRPO.
 
-- SC-SDPO (ALGORITHMS.md §6.1): u_q = (p_q(1−p_q))^α, normalised to mean 1 over Q_nd = {q : 0 < p_q < 1},
+- SC-SDPO (docs/algorithms.md §6.1): u_q = (p_q(1−p_q))^α, normalised to mean 1 over Q_nd = {q : 0 < p_q < 1},
   0 for degenerate questions; with Q_nd empty every weight is 0 (the caller skips the step, §6.3).
 - Hard filter (§6.4): u_q = 1[0 < p_q < 1] (already mean 1 over Q_nd).
 - PACED (§7.3): the Beta kernel p0^a (1−p0)^b of a frozen offline pass rate, normalised to mean 1 over the

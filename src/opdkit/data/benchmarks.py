@@ -29,7 +29,7 @@ Prompts, as the papers build them:
   DeepSeek-R1 convention SCOPE's students were trained with (SCOPE's own inference script sends the bare
   question); pass ``math_template=`` to change it (``{problem}`` marks the problem).
 - SciKnowEval: the file's ``system`` text as the system message and its ``prompt`` (question, blank line, one
-  ``A: ...`` line per option, "Please reason step by step.") as the user message (ALGORITHMS.md §9.2).
+  ``A: ...`` line per option, "Please reason step by step.") as the user message (docs/algorithms.md §9.2).
 - tool use: the file's ``prompt`` (tool documentation, ReAct format, question) as the single user message.
 
 The folder is ``$OPDKIT_BENCHMARKS`` when set, else ``<repo>/../shared/data/benchmarks`` (or the same path

@@ -36,7 +36,7 @@ class Example:
 
     @property
     def user_text(self) -> str:
-        """Content of the last user message (what a self-teacher's reprompt rewrites, ALGORITHMS.md §4.4)."""
+        """Content of the last user message (what a self-teacher's reprompt rewrites, §4.4)."""
         for message in reversed(self.prompt):
             if message["role"] == "user":
                 return message["content"]

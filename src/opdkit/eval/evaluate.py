@@ -1,6 +1,6 @@
 """Evaluation with the papers' metrics: k samples per problem, verified, summarised per data source.
 
-ALGORITHMS.md §8.1. For every problem, k samples at the evaluation temperature (SDPO family: 16 at T = 0.6,
+§8.1. For every problem, k samples at the evaluation temperature (SDPO family: 16 at T = 0.6,
 top-p 0.95; SCOPE: 32) are verified; the summary reports, per data source and as the unweighted mean over
 sources: ``mean@k`` (= avg@k), unbiased ``pass@k`` and ``pass@1``, exact ``maj@k``, and the labelled
 bootstrap variants ``bootstrap_best@k`` / ``bootstrap_maj@k`` (verl's, SCOPE's "Pass@k").

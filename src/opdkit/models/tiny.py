@@ -1,7 +1,7 @@
 """Tiny Llama- or Qwen2-family causal LMs from a config, and one save/load path for tiny and real models.
 
 A 2-layer, hidden-128 model over the character vocabulary has ~0.5 M parameters and trains at a few hundred
-steps a minute on one CPU thread (FACTS.md). It is an ordinary ``transformers`` model: ``save_pretrained`` /
+steps a minute on one CPU thread (measured). It is an ordinary ``transformers`` model: ``save_pretrained`` /
 ``AutoModelForCausalLM.from_pretrained(path)`` work on it exactly as on a real checkpoint, so the trainer
 never needs to know which kind it got::
 

@@ -1,7 +1,7 @@
 """A character-level tokenizer for tiny models, built locally with ``tokenizers`` (no hub access).
 
 Every printable ASCII character and the newline is one token, so any prompt of the synthetic tasks, the
-verifiers' natural-language feedback and the SDPO reprompt template (ALGORITHMS.md §4.4) can be encoded.
+verifiers' natural-language feedback and the SDPO reprompt template (docs/algorithms.md §4.4) can be encoded.
 Seven special tokens come first: ``<pad> <bos> <eos> <unk>`` and the short role markers ``<|s|> <|u|> <|a|>``
 (system, user, assistant), so a chat prompt costs one token per role.
 

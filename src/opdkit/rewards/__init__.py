@@ -1,4 +1,4 @@
-"""Verifiers: reward, extracted answer and feedback for one completion (ALGORITHMS.md §9).
+"""Verifiers: reward, extracted answer and feedback for one completion (docs/algorithms.md §9).
 
 Registered verifiers (``VERIFIERS``; build one with ``make_verifier(name, **options)``):
 

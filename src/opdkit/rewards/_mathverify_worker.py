@@ -8,7 +8,7 @@ Protocol:
 - request ``[gold, pred, timeout_s]`` -> reply ``{"ok": true|false}`` (``"error"`` says why it is false).
 
 Why a process: math-verify bounds its work with ``signal.alarm``, which only works on a process's main thread
-(FACTS.md). Here the whole check (parse gold, parse prediction, compare) runs on this process's main thread
+(§9.1). Here the whole check (parse gold, parse prediction, compare) runs on this process's main thread
 under one ``setitimer`` deadline, with math-verify's own alarms switched off. The deadline raises a
 ``BaseException`` so that math-verify's ``except Exception`` blocks cannot swallow it and carry on unbounded.
 The parent also kills this process if a reply is late (a C routine that ignores signals).
@@ -44,7 +44,7 @@ def _check(parse, verify, gold: str, pred: str, timeout_s: float) -> dict:
         return {"ok": ok}
     except _Deadline:
         return {"ok": False, "error": "timeout"}
-    except Exception as exc:  # any failure to parse or compare counts as a wrong answer (ALGORITHMS.md §9.1)
+    except Exception as exc:  # any failure to parse or compare counts as a wrong answer (§9.1)
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:200]}
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)

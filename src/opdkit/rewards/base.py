@@ -32,7 +32,7 @@ class Verdict:
     score: the reward (1.0 / 0.0 for every verifier of the papers).
     correct: whether the completion counts as a success.
     pred: the extracted answer, used for majority voting (maj@k); None when nothing could be extracted.
-    feedback: natural-language feedback for a self-teacher (ALGORITHMS.md §4.3); "" when there is none.
+    feedback: natural-language feedback for a self-teacher (docs/algorithms.md §4.3); "" when there is none.
     """
 
     score: float

@@ -1,6 +1,6 @@
 """Answer extraction shared by every verifier: boxed answers, answer tags and tool calls.
 
-These are plain string functions with real brace matching (ALGORITHMS.md §9.1-§9.3). They never raise on
+These are plain string functions with real brace matching (docs/algorithms.md §9.1-§9.3). They never raise on
 odd input: an unclosed brace or missing tag gives None / an empty result. ``last_boxed`` lives in
 ``opdkit.core.latex`` (the benchmark adapters need it too) and is re-exported here.
 """
@@ -19,7 +19,7 @@ __all__ = ["ToolCalls", "last_boxed", "last_tag", "parse_tool_calls"]
 def last_tag(text: str, tag: str = "answer") -> str | None:
     """Whitespace-stripped text after the last ``<tag>`` up to the next ``</tag>`` (or the end), else None.
 
-    ALGORITHMS.md §9.2: the MCQ prediction is the content of the last ``<answer>`` block.
+    docs/algorithms.md §9.2: the MCQ prediction is the content of the last ``<answer>`` block.
     """
     open_tag, close_tag = f"<{tag}>", f"</{tag}>"
     start = text.rfind(open_tag)
@@ -81,7 +81,7 @@ def _compat_objects(text: str) -> list:
 
 
 def parse_tool_calls(text: str, *, compat_regex: bool = False) -> ToolCalls:
-    """Parse ``Action:`` names and merge the ``Action Input:`` JSON objects (ALGORITHMS.md §9.3).
+    """Parse ``Action:`` names and merge the ``Action Input:`` JSON objects (docs/algorithms.md §9.3).
 
     ``compat_regex=True`` reproduces the reference's regexes (kept for parity with lasgroup/SDPO): the
     non-greedy ``{.*?}`` match, which cuts nested objects short, and ``\\w+`` action names, which cannot read

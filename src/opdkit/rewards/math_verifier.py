@@ -1,4 +1,4 @@
-"""The math verifier: last boxed answer, normalised compare, then math-verify (ALGORITHMS.md §9.1).
+"""The math verifier: last boxed answer, normalised compare, then math-verify (docs/algorithms.md §9.1).
 
 Steps for one completion:
 
@@ -90,7 +90,7 @@ def _inline_equivalent(gold: str, pred: str, timeout_s: float) -> bool:
 
 @dataclass(frozen=True, kw_only=True)
 class MathVerifier:
-    """Boxed-answer math verifier (ALGORITHMS.md §9.1); registered as ``"math"``.
+    """Boxed-answer math verifier (docs/algorithms.md §9.1); registered as ``"math"``.
 
     feedback: one of ``FEEDBACK_MODES`` (see the module docstring).
     timeout_s: bound on one math-verify check (parse both sides and compare); the reference uses 5 s.

@@ -1,4 +1,4 @@
-"""The multiple-choice verifier for SciKnowEval L3 (ALGORITHMS.md §9.2; lasgroup/SDPO ``feedback/mcq.py``).
+"""The multiple-choice verifier for SciKnowEval L3 (§9.2; lasgroup/SDPO ``feedback/mcq.py``).
 
 pred = the text after the last ``<answer>`` (the whole response when there is none) up to the next
 ``</answer>`` (or the end), whitespace-stripped, exactly as the reference's split on the two tags: a bare

@@ -1,4 +1,4 @@
-"""String normalisation of final math answers: the math verifier's cheap first stage (ALGORITHMS.md §9.1).
+"""String normalisation of final math answers: the math verifier's cheap first stage (§9.1).
 
 Two answers that normalise to the same string, or to the same exact rational number, are equal without
 asking math-verify. The rules follow the Hendrycks MATH grader's ``strip_string`` (SCOPE's training reward)

@@ -1,4 +1,4 @@
-"""Time-bounded math-verify checks that are safe from any thread or process (ALGORITHMS.md §9.1, FACTS.md).
+"""Time-bounded math-verify checks that are safe from any thread or process (docs/algorithms.md §9.1).
 
 math-verify bounds its own work with ``signal.alarm``: that raises outside the main thread, and without it a
 pathological answer (``9^{9^{9^{9}}}``) runs for minutes. So each check runs in a worker *subprocess*:

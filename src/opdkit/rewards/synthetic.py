@@ -10,9 +10,9 @@ boxed, mcq, tool. Each entry is a factory; call it with keyword options to get t
 
 The gold string is all a verifier sees (``tasks`` and ``rewards`` never import each other): the sum, the
 sorted list, one valid countdown expression (the numbers and the target are read from it), an option letter,
-or the ToolAlpaca-style JSON list of calls (ALGORITHMS.md §9.3).
+or the ToolAlpaca-style JSON list of calls (docs/algorithms.md §9.3).
 
-Feedback is written for a small self-teacher (ALGORITHMS.md §4.3; FACTS.md: a per-digit right/wrong mask in
+Feedback is written for a small self-teacher (§4.3; measured: a per-digit right/wrong mask in
 context lifted a tiny model from 28 % to 61 %). It repeats the wrong answer and says *where* it is wrong
 without stating the right answer; ``detailed=False`` only says it is wrong; ``reveal_answer=True`` appends the
 answer.
@@ -195,7 +195,7 @@ def _submitted(completion: str) -> str | None:
 
 
 def _tool_gold_answer(gold: str) -> str:
-    """The submitted answer inside the ToolAlpaca-style gold list (ALGORITHMS.md §9.3)."""
+    """The submitted answer inside the ToolAlpaca-style gold list (docs/algorithms.md §9.3)."""
     try:
         return str(json.loads(json.loads(gold)[0]["Action_Input"])["answer"])
     except (ValueError, KeyError, IndexError, TypeError) as err:
@@ -210,7 +210,7 @@ _FORMAT_HINT = {
 
 
 def check_letter(pred: str, gold: str) -> _Check:
-    """ALGORITHMS.md §9.2: exact, case-sensitive letter match (a letter cannot say where it went wrong)."""
+    """§9.2: exact, case-sensitive letter match (a letter cannot say where it went wrong)."""
     letter = pred.strip()
     return _Check(letter == gold, letter, "" if letter == gold else f"Your answer {letter} is wrong.")
 
@@ -237,7 +237,7 @@ class SyntheticVerifier:
 
     detailed: say where the answer is wrong (digits, positions, value); else only that it is wrong.
     reveal_answer: append the right answer to the feedback (off by default: it would make the self-teacher's
-      task trivial, which the papers' math verifiers also avoid, ALGORITHMS.md §9.1).
+      task trivial, which the papers' math verifiers also avoid, docs/algorithms.md §9.1).
     """
 
     task: str

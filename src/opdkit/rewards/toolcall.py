@@ -1,4 +1,4 @@
-"""The tool-call verifier for ToolAlpaca (ALGORITHMS.md §9.3-§9.4; lasgroup/SDPO ``feedback/tooluse.py``).
+"""The tool-call verifier for ToolAlpaca (§9.3-§9.4; lasgroup/SDPO ``feedback/tooluse.py``).
 
 The gold is a JSON list of calls ``[{"Action": name, "Action_Input": "<JSON object string>"}, ...]``. A
 completion is right iff

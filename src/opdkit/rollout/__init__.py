@@ -1,5 +1,5 @@
 """Rollouts: batched sampling with a KV cache (a lean decode loop, or Hugging Face ``generate``) and
-teacher-forced log-probs (ALGORITHMS.md §0, §1).
+teacher-forced log-probs (docs/algorithms.md §0, §1).
 
 from opdkit.rollout import SamplingParams, encode_chats, sample, response_logprobs
 

@@ -1,4 +1,4 @@
-"""Teacher-forced log-probabilities of given responses: the one alignment rule of ALGORITHMS.md §0.
+"""Teacher-forced log-probabilities of given responses: the one alignment rule of docs/algorithms.md §0.
 
 For ``seq = prompt ⊕ response`` with a left-padded prompt of width P and a right-padded response of width L,
 response token t (0-based) sits at column P+t and is predicted by the logits at column P+t-1, so the response
@@ -32,7 +32,7 @@ def response_logits(
     *,
     temperature: float = 1.0,
 ) -> torch.Tensor:
-    """Float32 logits / T predicting each response token, shape (N, L, V) (ALGORITHMS.md §0).
+    """Float32 logits / T predicting each response token, shape (N, L, V) (docs/algorithms.md §0).
 
     Gradients flow when called outside ``torch.no_grad()`` (the student's forward).
     """

@@ -1,6 +1,6 @@
 """Batched sampling with a key/value cache: G samples per prompt, seeded, with the sampler's own log-probs.
 
-ALGORITHMS.md §1: each prompt is repeated G times with ``repeat_interleave``, so the members of a group are
+§1: each prompt is repeated G times with ``repeat_interleave``, so the members of a group are
 contiguous and share one ``group_ids_N`` value. Generation stops at EOS or after ``max_new_tokens``; a
 truncated response keeps its tokens in the mask. The response mask covers every token up to and including
 the first EOS; padding after it is 0.

@@ -1,7 +1,7 @@
 """The teacher server: any Hugging Face causal LM behind vLLM's ``/v1/completions`` scoring protocol.
 
 SCOPE and OPD query a large external teacher for the log-probs of the student's own tokens
-(ALGORITHMS.md §5.1). Users usually serve that teacher with ``vllm serve``; ``opdkit serve-teacher``
+(docs/algorithms.md §5.1). Users usually serve that teacher with ``vllm serve``; ``opdkit serve-teacher``
 speaks the same protocol on any machine that runs transformers (a CPU laptop included), so one client
 (``opdkit.teachers.server``) works with both::
 

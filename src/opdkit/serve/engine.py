@@ -1,6 +1,6 @@
 """The scoring engine: one padded no-grad forward over several token rows, per-token log-probs and top-k.
 
-For a row ``ids`` of length L the logits at index j predict token j+1 (ALGORITHMS.md §0, logit alignment), so
+For a row ``ids`` of length L the logits at index j predict token j+1 (§0, logit alignment), so
 the engine returns, for positions j = 1..L-1, ``log softmax(logits[j-1])[ids[j]]``, the token's rank in that
 distribution and the K most likely tokens. With ``generate`` it also picks one next token from ``logits[L-1]``
 (sampled at the request's temperature, greedy at 0) and scores it the same way, as vLLM does for

@@ -2,7 +2,7 @@
 
 Difficulty = digits per operand (operands are uniform over the d-digit numbers, 0..9 for d = 1). Near misses
 change one or two digits of the sum, the kind of slip a small model makes; they double as MCQ distractors.
-FACTS.md: with 3 digits a 0.5 M-parameter model reaches a 20-50 % sampled pass rate within a minute of CPU
+Measured: with 3 digits a 0.5 M-parameter model reaches a 20-50 % sampled pass rate within a minute of CPU
 training.
 """
 

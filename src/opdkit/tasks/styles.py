@@ -5,7 +5,7 @@
 - ``tool``: the ``submit`` tool and the ReAct format; ``Action: submit`` then
   ``Action Input: {"answer": "579"}``; gold a ToolAlpaca JSON list of calls.
 
-ALGORITHMS.md §9.1-§9.3: the gold strings are in each family's own format (the tool gold is a JSON list of
+§9.1-§9.3: the gold strings are in each family's own format (the tool gold is a JSON list of
 ``{"Action": name, "Action_Input": JSON string}``), so the papers' verifiers can read them too.
 """
 
@@ -61,7 +61,7 @@ def tool_call_text(answer: str) -> str:
 
 
 def tool_gold(answer: str) -> str:
-    """ALGORITHMS.md §9.3 gold format: a JSON list of calls whose Action_Input is itself a JSON string."""
+    """§9.3 gold format: a JSON list of calls whose Action_Input is itself a JSON string."""
     return json.dumps([{"Action": TOOL_NAME, "Action_Input": json.dumps({"answer": answer})}])
 
 

@@ -1,7 +1,7 @@
 """The external-teacher protocol (OPD, SCOPE): score the student's own tokens under a teacher.
 
 A teacher receives the unpadded token ids of each prompt and of the student's response (the same tokenizer
-as the student; ALGORITHMS.md §5.1) and returns the teacher's log-probability of every response token.
+as the student; docs/algorithms.md §5.1) and returns the teacher's log-probability of every response token.
 Rows whose scores could not be obtained are marked invalid in ``valid_N`` and must be excluded from the loss
 and from SCOPE's weights; their log-probs are NaN, never zeros (a zero would look like a perfect teacher).
 
@@ -27,7 +27,7 @@ class TeacherScores:
       (the whole row, padding included).
     valid_N: bool, True where the row was scored completely.
     topk_ids_N_T_K / topk_logp_N_T_K: the teacher's top-K alternatives per position, most likely first
-      (``score(top_k=K)`` with K > 0; ALGORITHMS.md §3.3 remote-teacher variant); None when top_k == 0.
+      (``score(top_k=K)`` with K > 0; docs/algorithms.md §3.3 remote-teacher variant); None when top_k == 0.
       Padding: id 0 and log-prob 0.0; invalid rows: id 0 and NaN log-probs.
     stats: counters for logging (``teacher/failed_rows``, ``teacher/retries``, ...).
     """
@@ -70,7 +70,7 @@ TEACHERS: Registry[Any] = Registry("teacher kind")
 def tokenizer_mismatch(student: Any, teacher: Any) -> str | None:
     """Why two Hugging Face tokenizers would map text to different ids, or None when they agree.
 
-    Token ids are sent to the teacher as-is (ALGORITHMS.md §5.1), so vocabularies and special tokens must be
+    Token ids are sent to the teacher as-is (§5.1), so vocabularies and special tokens must be
     identical, not merely similar.
     """
     vocab_s, vocab_t = student.get_vocab(), teacher.get_vocab()

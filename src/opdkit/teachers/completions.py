@@ -1,6 +1,6 @@
 """Build ``/v1/completions`` scoring requests and parse vLLM-format answers into per-row teacher scores.
 
-ALGORITHMS.md §5.1: the teacher scores the sequence ``ids = prompt ⊕ response`` sent as token ids with
+docs/algorithms.md §5.1: the teacher scores the sequence ``ids = prompt ⊕ response`` sent as token ids with
 ``echo=True, max_tokens=1, temperature=1, logprobs=k``; the last ``|y|`` prompt log-probs are the response's.
 
 Two places of a vLLM answer hold those log-probs; ``parse_choice`` reads the first one present:
@@ -17,7 +17,7 @@ Two places of a vLLM answer hold those log-probs; ``parse_choice`` reads the fir
 Every row is checked before it is accepted: the entry count matches the sequence length, each response
 position carries the id that was sent (so a shifted or truncated list is caught), log-probs are finite and
 <= 0, and top-k rows have k alternatives. A failed check raises ``MalformedRowError`` with the reason; the
-caller retries and finally marks the row invalid, never filling zeros (ALGORITHMS.md §5.7).
+caller retries and finally marks the row invalid, never filling zeros (docs/algorithms.md §5.7).
 """
 
 from __future__ import annotations

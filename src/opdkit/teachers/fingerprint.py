@@ -1,6 +1,6 @@
 """Tokenizer identity: a small fingerprint that two processes can compare without sharing files.
 
-External teachers receive the student's token ids as-is (ALGORITHMS.md §5.1, §5.7: "Student and teacher
+External teachers receive the student's token ids as-is (docs/algorithms.md §5.1, §5.7: "Student and teacher
 tokenizers must match exactly"), so a teacher server and its client must agree on the id of every token. The
 fingerprint holds:
 

@@ -1,6 +1,6 @@
 """A local external teacher: a Hugging Face causal LM in this process, scoring the student's tokens.
 
-Equivalent to SCOPE's vLLM teacher request (ALGORITHMS.md §5.1: prompt ⊕ response, echo, keep the last |y|
+Equivalent to SCOPE's vLLM teacher request (§5.1: prompt ⊕ response, echo, keep the last |y|
 prompt log-probs) without the network: one no-grad forward per batch of rows. The teacher must use the
 student's tokenizer (checked by ``check_tokenizer``: ids are passed as they are).
 """

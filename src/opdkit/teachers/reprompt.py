@@ -1,6 +1,6 @@
 """SDPO's self-teacher context: which sibling demonstrates, when feedback is used, and the reprompt text.
 
-ALGORITHMS.md §4.2-§4.5 (lasgroup/SDPO ``_maybe_build_self_distillation_batch``). For rollout i of question q:
+§4.2-§4.5 (lasgroup/SDPO ``_maybe_build_self_distillation_batch``). For rollout i of question q:
 
     S_q     = {j in G_q : success_j}
     cand_i  = S_q minus {i}              (dont_reprompt_on_self_success, default)    else S_q
@@ -82,7 +82,7 @@ def reprompt_user_text(
     feedback: str | None,
     template: RepromptTemplate = RepromptTemplate(),
 ) -> str:
-    """The rewritten last user message (ALGORITHMS.md §4.4); the prompt itself when neither part is given."""
+    """The rewritten last user message (§4.4); the prompt itself when neither part is given."""
     parts = [prompt_text]
     if demonstration is not None:
         parts.append(template.solution.format(demonstration=demonstration))

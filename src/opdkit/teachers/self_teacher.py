@@ -1,6 +1,6 @@
 """SDPO's self-teacher: the student, shown a successful sibling or feedback in context, is its own teacher.
 
-Two parts (ALGORITHMS.md §4.2-§4.6):
+Two parts (docs/algorithms.md §4.2-§4.6):
 
 1. ``build_teacher_context`` rewrites each rollout's last user message with its demonstration and/or feedback
    (``teachers.reprompt``), renders the chat template with the generation prompt and tokenizes it, and returns

@@ -1,6 +1,6 @@
 """``ServerTeacher``: the ``Teacher`` protocol against an OpenAI-compatible server (vLLM or opdkit).
 
-OPD and SCOPE score the student's own tokens under a large teacher served elsewhere (ALGORITHMS.md §5.1). This
+OPD and SCOPE score the student's own tokens under a large teacher served elsewhere (§5.1). This
 client works with ``opdkit serve-teacher`` and with a stock ``vllm serve MODEL`` (same tokenizer as the
 student). For each row it sends the token ids of prompt ⊕ response and keeps the last |y| prompt log-probs.
 
@@ -13,11 +13,11 @@ The exact request (``POST {url}/v1/completions``, header ``Authorization: Bearer
 K = ``top_k`` (0: only the sampled tokens' log-probs). vLLM answers with ``choices[i].prompt_logprobs`` (one
 ``{"<id>": {"logprob", "rank", "decoded_token"}}`` per token, ``null`` first) and the OpenAI ``logprobs`` echo
 lists; ``opdkit.teachers.completions`` documents and checks both. ``top_k`` > 0 returns the teacher's top-K
-support (ALGORITHMS.md §3.3, remote-teacher variant); vLLM caps K at ``--max-logprobs`` (20 by default).
-A log-prob ``temperature`` other than 1 (ALGORITHMS.md §11 A4) adds ``"logprob_temperature": T``, which only
+support (docs/algorithms.md §3.3, remote-teacher variant); vLLM caps K at ``--max-logprobs`` (20 by default).
+A log-prob ``temperature`` other than 1 (§11 A4) adds ``"logprob_temperature": T``, which only
 ``opdkit serve-teacher`` understands; against any other server such rows fail and ``check_tokenizer`` refuses.
 
-Reliability (DESIGN.md "Reliability", ALGORITHMS.md §5.7):
+Reliability (docs/architecture.md "Reliability", docs/algorithms.md §5.7):
 
 - rows go out in requests of ``rows_per_request`` rows, ``max_concurrency`` requests in flight;
 - connection errors, timeouts, HTTP 408/429/5xx, unparsable bodies and rows that fail the checks are retried
@@ -447,7 +447,7 @@ def _merge(into: _Outcome, other: _Outcome) -> None:
 
 
 def _assemble(rows: list[_Row], outcome: _Outcome, top_k: int, width: int) -> TeacherScores:
-    """Right-padded tensors: 0 at padding, NaN over the whole row when it failed (ALGORITHMS.md §5.7)."""
+    """Right-padded tensors: 0 at padding, NaN over the whole row when it failed (docs/algorithms.md §5.7)."""
     n = len(rows)
     logp_N_T = torch.zeros(n, width)
     valid_N = torch.ones(n, dtype=torch.bool)

@@ -4,7 +4,7 @@ N = Q·G rows (G rollouts of each of Q questions, members of a group contiguous)
 columns, responses right-padded to T. ``old_logp_N_T`` is the pre-update student's log-prob of each sampled
 token at the log-prob temperature (detached); on-policy it equals the current log-prob, so the PPO ratio is 1.
 It is None when the loop did not compute it: a step with one optimizer update whose method needs the old
-log-probs only inside the loss, where they equal the current ones (``old_or_current``, ALGORITHMS.md §2.2).
+log-probs only inside the loss, where they equal the current ones (``old_or_current``, §2.2).
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """Model forwards of the loop: the student on prompt ⊕ response, the self-teacher on its own context.
 
-Both use ``core.sequence`` for packing and alignment (ALGORITHMS.md §0): response positions are columns
+Both use ``core.sequence`` for packing and alignment (docs/algorithms.md §0): response positions are columns
 P−1 .. P+T−2 of each forward, P being the prompt width of *that* forward; logits are divided by T.
 
 Two paths (``model.hidden_state_losses``):
 - hidden states (default): the decoder's final hidden states at the response positions plus the output
   projection, handed to ``core.chunked``, which computes log-probs and divergences a chunk of tokens at a
-  time, so the (N, T, V) logits never exist at once (DESIGN.md "Performance"); a prompt shared by several
+  time, so the (N, T, V) logits never exist at once (docs/architecture.md); a prompt shared by several
   rows (a question's G rollouts, a group's self-teacher prompts) is run once (``train.prefix``);
 - full logits: ``model(...).logits`` sliced to the response positions (any causal LM).
 The hidden-state path is used only for a model whose head reproduces its logits: checked once per model on a

@@ -1,6 +1,6 @@
 """The training loop: one explicit, synchronous loop for every method.
 
-Each step (DESIGN.md "The training loop"):
+Each step (docs/architecture.md "The training loop"):
 
 1. draw Q questions (each gets a fresh group id);
 2. roll out G responses per question with the current student;

@@ -1,9 +1,9 @@
 """The warm start's prompt formats: the plain question and the SDPO self-teacher's reprompted variants.
 
-ALGORITHMS.md §4.4: the self-teacher sees the original conversation with its last user message rewritten to
+§4.4: the self-teacher sees the original conversation with its last user message rewritten to
 hold a correct demonstration and/or the verifier's feedback on an unsuccessful attempt. A model trained from
 scratch has never seen such a message, so without these formats in its warm start the self-teacher reads
-nothing from its context and SDPO has no signal (FACTS.md). The target is always the reference completion.
+nothing from its context and SDPO has no signal (measured). The target is always the reference completion.
 
 - ``plain``: the question as asked.
 - ``demo``: + a correct solution (the reference completion, as a successful sibling would write it).
@@ -82,6 +82,6 @@ COMPACT_TEMPLATE = RepromptTemplate(
     feedback="\nFeedback: {feedback}",
     instruction="\nSolve it again.",
 )
-"""A shorter reprompt for tiny character-level models: the same structure as ALGORITHMS.md §4.4 with fewer
+"""A shorter reprompt for tiny character-level models: the same structure as §4.4 with fewer
 characters (a demonstration prompt ~60 instead of ~100 tokens), which roughly halves warm-start time. The
 self-teacher of a run must use the template its model was warm-started with."""

@@ -1,6 +1,6 @@
 """One step's rollouts: sample G responses per question, verify them, recompute the old log-probs.
 
-ALGORITHMS.md §1: each question drawn this step gets a fresh group id (the same dataset row drawn twice gets
+§1: each question drawn this step gets a fresh group id (the same dataset row drawn twice gets
 two ids); its G rollouts are contiguous. Rewards come from each row's verifier; success is reward ≥ 0.5
 (τ_succ, §1.4, §11 A13). ``old_logp`` is the pre-update student's log-prob of each sampled token at the
 log-prob temperature (§2.2: on-policy it equals the current log-prob); it is only computed when asked

@@ -76,7 +76,7 @@ def sft_step(
         loss.backward()
         loss_sum += float(loss.detach())
     if not torch.isfinite(torch.tensor(loss_sum)):
-        optimizer.zero_grad(set_to_none=True)  # DESIGN.md Reliability: a non-finite loss skips the update
+        optimizer.zero_grad(set_to_none=True)  # a non-finite loss skips the update (docs/architecture.md)
         return loss_sum
     torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()

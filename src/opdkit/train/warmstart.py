@@ -2,12 +2,12 @@
 
 On-policy methods need a student that sometimes succeeds (pass rate strictly between 0 and 1 in many groups)
 and, for OPD/SCOPE, a teacher that is much better. A tiny model trained from scratch is neither, so this
-module trains one by supervised learning on the task's reference completions (FACTS.md: 2-digit addition on
+module trains one by supervised learning on the task's reference completions (measured: 2-digit addition on
 a 0.5 M-parameter model goes from 0 to ~35 % sampled accuracy in a few hundred steps):
 
 1. Train on a mix of prompt formats (``prompts.py``): plain questions, and SDPO-style reprompts holding a
    correct demonstration or the verifier's feedback on a wrong attempt, so the student's *self-teacher* can
-   read its context (ALGORITHMS.md §4.2-4.4).
+   read its context (docs/algorithms.md §4.2-4.4).
 2. Every ``eval_every`` steps, probe the sampled pass rate on held-out problems. The first time it reaches
    ``student_target``, keep whichever of this and the previous probed checkpoint is nearer the target: that
    is the student.

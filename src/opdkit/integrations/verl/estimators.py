@@ -1,7 +1,7 @@
 """Advantage estimators registered in verl's ``ADV_ESTIMATOR_REGISTRY`` (select with
 ``algorithm.adv_estimator=NAME``); both call opdkit.core.
 
-- ``opdkit_grpo``: GRPO (ALGORITHMS.md §2.1) through ``opdkit.core.advantages.grpo_advantages``; the same
+- ``opdkit_grpo``: GRPO (docs/algorithms.md §2.1) through ``opdkit.core.advantages.grpo_advantages``; the same
   numbers as verl's built-in ``grpo`` (unbiased group std, ε = 1e-6, a one-member group gets A = r).
   ``algorithm.norm_adv_by_std_in_grpo=False`` gives GRPO without std normalisation.
 - ``opdkit_sc_grpo``: the GRPO advantage times the SC pass-rate weight of its question,

@@ -7,7 +7,7 @@ on the workers only multiply by them.
 
 Weightings (chosen by ``algorithm.opdkit.weighting``, one registry):
 
-- ``pass_rate`` (SC-SDPO, ALGORITHMS.md §6.1): w_q = (p_q(1-p_q))^α normalised to mean 1 over the step's
+- ``pass_rate`` (SC-SDPO, docs/algorithms.md §6.1): w_q = (p_q(1-p_q))^α normalised to mean 1 over the step's
   questions with 0 < p_q < 1, 0 elsewhere; each sequence gets its question's weight.
 - ``hard_filter`` (§6.4): w_q = 1[0 < p_q < 1].
 - ``scope`` (§5.3-§5.5): SCOPE's dual-path weights from the mean token log-probs of the pre-update student
@@ -119,7 +119,7 @@ def scope_mle_scale(mask_N_T: torch.Tensor, correct_N: torch.Tensor, agg: str) -
     "code": L_MLE divides by the correct rows' token count C, verl's token-mean by all tokens A, so the
     factor is A / C (1 when C = 0: the term is empty anyway). "joint": one token-mean already, factor 1.
     Counts are the step batch's; they are exact for the update when the PPO mini-batch is the step batch
-    (SCOPE's setting, ALGORITHMS.md §10.4) and the step's ratio otherwise.
+    (SCOPE's setting, docs/algorithms.md §10.4) and the step's ratio otherwise.
     """
     if agg == "joint":
         return 1.0

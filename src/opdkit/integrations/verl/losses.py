@@ -9,7 +9,7 @@ as a negative advantage. ``data`` holds nested (jagged) per-sample tensors: ``pr
 ``response_mask``, ``old_log_probs``, ``teacher_logprobs`` (prompt + response, (S, 1) for estimator
 losses) and the per-token fields the ``opdkit_sync`` trainer wrote on the driver (``params.FIELD_*``).
 
-- ``opdkit_scope`` (ALGORITHMS.md §5.5, the reference code path): on wrong rows the clipped surrogate with
+- ``opdkit_scope`` (§5.5, the reference code path): on wrong rows the clipped surrogate with
   A = w_tea·(logp_T − logp_old); on correct rows w_stu-weighted MLE (−logp_θ); both from
   ``opdkit.core.objectives.scope_loss``. verl's one token-mean over all tokens becomes the reference's
   L_PG + L_MLE because the correct rows are multiplied by ``opdkit_mle_scale`` (``fields.scope_mle_scale``).

@@ -11,7 +11,7 @@ This module imports neither verl nor torch, so ``opdkit verl-config`` can use it
 Keys of ``algorithm.opdkit`` (all optional, defaults below):
 
     weighting               none | scope | pass_rate | hard_filter   per-sequence weights the trainer writes
-    success_threshold       0.5    c_i = 1[r_i >= threshold] (ALGORITHMS.md §1.4)
+    success_threshold       0.5    c_i = 1[r_i >= threshold] (docs/algorithms.md §1.4)
     sc_alpha                0.5    SC-SDPO exponent α of (p(1-p))^α (§6.1)
     scope_tau               1.0    SCOPE temperature τ (§5.4)
     scope_student_exponent  1.0    w_stu ∝ PPL_S^(exponent/τ); +1 = paper (§5.6, §11 A1)

@@ -1,6 +1,6 @@
 """Policy-gradient methods: GRPO, GRPO without std normalisation, and on-policy distillation (OPD).
 
-- ``grpo`` (ALGORITHMS.md §2, §7.1): A_i = (r_i − mean_q)/(std_q + ε) on every token, PPO clip 0.2/0.28,
+- ``grpo`` (docs/algorithms.md §2, §7.1): A_i = (r_i − mean_q)/(std_q + ε) on every token, PPO clip 0.2/0.28,
   dual clip 3, token-mean, no KL.
 - ``grpo_no_std``: A_i = r_i − mean_q ("GRPO w/o Norm", Dr.GRPO style).
 - ``opd`` (§3.1, §7.2): A[i,t] = −(logp_old − logp_T)[i,t] from an external teacher on every rollout, PPO

@@ -1,6 +1,6 @@
 """SCOPE (arXiv 2604.10688): correctness-routed, perplexity-weighted on-policy distillation.
 
-ALGORITHMS.md §5. Per group, correct rollouts get MLE weighted by the student's perplexity, wrong rollouts
+§5. Per group, correct rollouts get MLE weighted by the student's perplexity, wrong rollouts
 get OPD weighted by the teacher's perplexity; weights are softmaxes over each path of each group with
 temperature τ (``core.weights.scope_weights``), combined by ``core.objectives.scope_loss``.
 

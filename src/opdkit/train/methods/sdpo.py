@@ -1,6 +1,6 @@
 """Self-distillation: SDPO and its question-weighted variants SC-SDPO, hard filter and PACED.
 
-- ``sdpo`` (ALGORITHMS.md §4): the EMA self-teacher sees a successful sibling (or feedback) in context; the
+- ``sdpo`` (§4): the EMA self-teacher sees a successful sibling (or feedback) in context; the
   student is distilled toward it with the top-100 + tail JSD (α = 0.5), IS clip 2, over the rows that have
   a teacher context (``sd_mask``), aggregated per sequence over all sequences (§11 A8).
 - ``sc_sdpo`` (§6, SC-SDPO arXiv 2605.27765): the same loss times w_q = (p_q(1−p_q))^α normalised to mean 1
@@ -178,7 +178,7 @@ class Sdpo(Method):
         return result
 
     def _chunked_loss(self, cfg: SdpoConfig, batch, prepared, denoms, ctx) -> LossOutput:
-        """The same loss from hidden states, a chunk of tokens at a time (``core.chunked``, issue 8).
+        """The same loss from hidden states, a chunk of tokens at a time (``core.chunked``).
 
         Without old log-probs (on-policy, ``needs_old_logp`` False) every IS weight is min(1, c) = 1, so the
         weighting is left out and its metrics are the on-policy values.

@@ -1,6 +1,6 @@
 """SRPO (arXiv 2604.02288): sample-routed policy optimisation, GRPO and self-distillation in one loss.
 
-ALGORITHMS.md §7.4. Failed rollouts with a correct sibling go to the SDPO branch (distilled toward the
+docs/algorithms.md §7.4. Failed rollouts with a correct sibling go to the SDPO branch (distilled toward the
 self-teacher, each token weighted by exp(−β H_teacher) normalised to mean 1 over the SDPO-routed tokens);
 every other rollout goes to the GRPO branch (whole-group advantage, PPO clip 0.2/0.28). One token-mean over
 the union (``core.objectives.srpo_loss``). The GRPO branch follows Table 3 (std normalisation off, §11 A11).
