@@ -6,7 +6,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 PIP     := $(BIN)/python -m pip
 STAMP   := $(VENV)/.installed
-# One intra-op thread: two threads on a busy 2-core machine are many times slower (FACTS.md).
+# One intra-op thread: two threads on a busy 2-core machine are many times slower (docs/architecture.md).
 export OMP_NUM_THREADS := 1
 export MKL_NUM_THREADS := 1
 export TOKENIZERS_PARALLELISM := false
@@ -46,7 +46,7 @@ demo: $(STAMP)
 demo-quick: $(STAMP)
 	$(BIN)/opdkit demo --quick
 
-# The verl plugin's tests run in their own environment: verl 0.9.1 pins transformers < 5.11 (FACTS.md). Same
+# The verl plugin's tests run in their own environment: verl 0.9.1 pins transformers < 5.11 (docs/architecture.md). Same
 # recipe as .venv: the CPU torch wheel first, then everything under constraints-verl.txt; no verl extras
 # ([vllm] [sglang] [fsdp] [megatron] [cpu] pin another torch and pull CUDA).
 $(VERL_STAMP): pyproject.toml constraints-verl.txt

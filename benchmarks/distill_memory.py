@@ -14,7 +14,7 @@ Cases (each runs in its own subprocess, one after another, on the same random in
     trl_sdpo_top100          the same with ``compute_topk_self_distillation_loss`` (k = 100, tail)
     trl_gkd_jsd              TRL 1.16 ``GKDTrainer.generalized_jsd_loss`` (β = 0.5, no IS clip)
 
-Every case computes the SDPO loss of ALGORITHMS.md §4.7 (JSD α = 0.5, IS clip 2 with old log-probs,
+Every case computes the SDPO loss of docs/algorithms.md §4.7 (JSD α = 0.5, IS clip 2 with old log-probs,
 per-sequence token mean), except GKD (its own JSD, no IS), and starts from the same inputs: student hidden
 states (N, T, H) and head (V, H) with grad, teacher hidden states and head (a perturbed copy, as an EMA
 teacher), token ids and old log-probs; the backward pass produces grad h and grad W in every case.

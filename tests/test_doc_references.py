@@ -1,14 +1,14 @@
 """Every reference in the shipped code resolves inside the repository.
 
-The code cites its formulas as ``docs/algorithms.md §5.4`` (or just ``§5.4``) and the open choices as ``§11 A8``. A
-clone of the repository must be able to follow each one, so:
+The code cites its formulas as ``docs/algorithms.md §5.4`` (or just ``§5.4``) and the open choices as
+``§11 A8``. A clone of the repository must be able to follow each one, so:
 
-- every ``§N(.M)*`` in ``src/`` names a numbered heading of ``docs/algorithms.md``, and every ``§11 An`` an entry
-  ``An.`` of its section 11;
-- ``src/`` names no document that the repository does not ship (the developers' private spec files) and no issue
-  number of a tracker (a number means nothing to a reader; the comment should say what it means).
+- every ``§N(.M)*`` in ``src/`` names a numbered heading of ``docs/algorithms.md``, and every ``§11 An`` an
+  entry ``An.`` of its section 11;
+- ``src/`` names no document that the repository does not ship (the developers' private spec files) and no
+  issue number of a tracker (a number means nothing to a reader; the comment should say what it means).
 
-Failures list every offending ``file:line`` so that references added by a later merge can be fixed in one pass.
+Failures list every offending ``file:line`` so that references added by a later merge can be fixed at once.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def test_src_names_no_issue_number():
 
 
 def test_patterns_catch_what_they_are_for():
-    # The checks above pass vacuously if a pattern never matches; pin each on a line it must (and must not) flag.
+    # The checks above pass vacuously if a pattern never matches: pin each on lines it must (not) flag.
     assert SECTION_REF.findall("A = r (§1.6); see §5.4 and § 11") == ["1.6", "5.4", "11"]
     assert AMBIGUITY_REF.findall("(§11 A8) and (§11, A12)") == ["A8", "A12"]
     assert HEADING.findall("## 5. SCOPE\n### 5.4 Weights\n## Appendix A") == ["5", "5.4"]

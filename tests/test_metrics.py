@@ -1,4 +1,4 @@
-"""Evaluation metrics (ALGORITHMS.md §8.1) against math.comb, loop references and exact expectations."""
+"""Evaluation metrics (docs/algorithms.md §8.1) against math.comb, loop references and exact expectations."""
 
 import itertools
 import math

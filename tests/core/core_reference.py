@@ -1,4 +1,4 @@
-"""Slow, obviously-correct references for ``opdkit.core``, written from ALGORITHMS.md only.
+"""Slow, obviously-correct references for ``opdkit.core``, written from docs/algorithms.md only.
 
 Every function here works on plain Python lists and floats with explicit loops and the ``math`` module, one
 formula line per spec line, so that a reader can check it against the spec by eye. They are the independent

@@ -1,4 +1,4 @@
-"""GRPO and OPD advantages (ALGORITHMS.md §1, §2.1, §3.1) against loop references and hand-derived values."""
+"""GRPO and OPD advantages (§1, §2.1, §3.1) against loop references and hand-derived values."""
 
 import math
 import random

@@ -1,4 +1,4 @@
-"""Divergences, top-k supports and KL estimators (ALGORITHMS.md §2.4, §3.1-§3.3, §7.4)."""
+"""Divergences, top-k supports and KL estimators (docs/algorithms.md §2.4, §3.1-§3.3, §7.4)."""
 
 import math
 import random

@@ -1,4 +1,4 @@
-"""Aggregation, clipped surrogate, IS weights and the MLE term (ALGORITHMS.md §2.2, §2.3, §2.6, §3.4)."""
+"""Aggregation, clipped surrogate, IS weights and the MLE term (docs/algorithms.md §2.2, §2.3, §2.6, §3.4)."""
 
 import math
 import random

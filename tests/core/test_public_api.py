@@ -1,4 +1,4 @@
-"""The public core API of DESIGN.md ("Public core API": names are part of the spec).
+"""The public core API of docs/architecture.md ("Public core API": names are part of the spec).
 
 Each row of the DESIGN table is checked for its module, name, positional parameters, keyword-only parameters
 and defaults, so a rename or a changed default is caught here rather than in a caller.
@@ -12,7 +12,7 @@ import pytest
 P, K = inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY
 NO = inspect.Parameter.empty
 
-# (module, function, [(parameter, kind, default)]) transcribed from DESIGN.md's table; extra trailing
+# (module, function, [(parameter, kind, default)]) from docs/architecture.md's table; extra trailing
 # keyword-only parameters with defaults are allowed (they extend the contract without breaking callers).
 DESIGN_TABLE = [
     ("opdkit.core.advantages", "grpo_advantages",

@@ -1,4 +1,4 @@
-"""Method weights (ALGORITHMS.md §5.4-§5.7 SCOPE, §6 SC-SDPO, §6.4 hard filter, §7.3 PACED, §7.4 SRPO)."""
+"""Method weights (§5.4-§5.7 SCOPE, §6 SC-SDPO, §6.4 hard filter, §7.3 PACED, §7.4 SRPO)."""
 
 import math
 import random

@@ -1,4 +1,4 @@
-"""The math verifier's fast path: normal forms and exact numbers of final answers (ALGORITHMS.md §9.1)."""
+"""The math verifier's fast path: normal forms and exact numbers of final answers (§9.1)."""
 
 from fractions import Fraction
 

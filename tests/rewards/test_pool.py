@@ -1,4 +1,4 @@
-"""math-verify runs bounded in time, from any thread, and inside worker processes (§9.1, FACTS.md)."""
+"""math-verify runs bounded in time, from any thread, and inside worker processes (§9.1)."""
 
 import multiprocessing
 import os

@@ -80,7 +80,7 @@ def test_expression_evaluator_is_exact_and_strict():
 def test_mcq_is_an_exact_letter_match():
     check = v("sorting/mcq")
     assert check("<answer> B </answer>", "B").correct
-    out = check("<answer>b</answer>", "B")  # case-sensitive, ALGORITHMS.md §9.2
+    out = check("<answer>b</answer>", "B")  # case-sensitive, docs/algorithms.md §9.2
     assert not out.correct and out.feedback == "Your answer b is wrong."
 
 

@@ -91,7 +91,7 @@ def test_sampler_logprobs_equal_teacher_forced_recomputation(tok, model, prompts
             out.response_mask_N_L,
             temperature=temperature,
         )
-    # log_softmax(raw logits / T) at the chosen token, before top-k/top-p filtering (ALGORITHMS.md §0)
+    # log_softmax(raw logits / T) at the chosen token, before top-k/top-p filtering (docs/algorithms.md §0)
     torch.testing.assert_close(recomputed, out.sampler_logp_N_L, atol=1e-4, rtol=1e-4)
 
 

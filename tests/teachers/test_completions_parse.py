@@ -21,7 +21,7 @@ DATA = Path(__file__).parent / "data" / "vllm_completions_echo_prompt_logprobs.j
 # row 1 = prompt [18, 9, 18] + response [28, 24, 151645].
 IDS = [[16, 10, 16, 28, 17, 151645], [18, 9, 18, 28, 24, 151645]]
 N_RESPONSE = [2, 3]
-# Expected values read off the fixture: the last |y| prompt_logprobs entries (ALGORITHMS.md §5.1).
+# Expected values read off the fixture: the last |y| prompt_logprobs entries (docs/algorithms.md §5.1).
 # Row 0: position 4 scores id 17 at -0.00390625 (top-2: 17, 18); position 5 scores 151645 at -2.25, rank 3,
 #   whose top-2 are 198 (-0.375) and 13 (-1.5).
 # Row 1: positions 3, 4, 5 score 28, 24, 151645, each the most likely token.

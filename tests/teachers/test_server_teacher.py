@@ -67,7 +67,7 @@ def assert_matches_local(scores, model, prompts=PROMPTS, responses=RESPONSES, to
 
 def assert_all_sent_rows_failed(scores):
     assert scores.valid_N.tolist() == [False, False, False, True]
-    assert torch.isnan(scores.logp_N_T[:SENT_ROWS]).all()  # never zeros (ALGORITHMS.md §5.7)
+    assert torch.isnan(scores.logp_N_T[:SENT_ROWS]).all()  # never zeros (docs/algorithms.md §5.7)
     assert scores.failed_rows == SENT_ROWS and scores.stats["teacher/failed_rows"] == SENT_ROWS
 
 

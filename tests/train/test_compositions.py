@@ -1,7 +1,7 @@
 """The methods compose as the papers say: each equality is checked on loss value and parameter gradient.
 
 - ``scope`` with weighting off = OPD (clipped surrogate, A = logp_T − logp_old) on wrong rollouts + MLE on
-  correct ones, token-means as in the code path (ALGORITHMS.md §5.5, §5.6); with the dual path off = ``opd``.
+  correct ones, token-means as in the code path (§5.5, §5.6); with the dual path off = ``opd``.
 - ``sc_sdpo`` with every pass rate equal = ``sdpo`` (§6.1: equal u_q normalise to 1).
 - ``sdpo_hard_filter`` drops exactly the degenerate groups (§6.4).
 - ``srpo`` routes failed rows with a correct sibling to SDPO and every other row to GRPO (§7.4).

@@ -3,7 +3,7 @@
 - each distinct prompt run once, its key/value cache indexed out to the rows that share it (``train.prefix``),
   for the student's prompts (a question's G rollouts) and the self-teacher's (a group's reprompts);
 - no old-log-prob forward on a step with one optimizer update: the loss uses the current log-probs, which
-  the old ones equal before the first update (ALGORITHMS.md §2.2), and the loop still computes them when a
+  the old ones equal before the first update (§2.2), and the loop still computes them when a
   method needs them in ``prepare`` or the step makes several updates.
 """
 

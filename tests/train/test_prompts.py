@@ -22,7 +22,7 @@ def test_plain_is_the_question_as_asked():
 def test_demo_format_is_the_sdpo_reprompt_with_the_reference_solution():
     problem = generate_problems(SPEC, 1, seed=0)[0]
     text = PROMPT_FORMATS.get("demo")(ctx(), problem)[-1]["content"]
-    # ALGORITHMS.md §4.4 with the lasgroup strings
+    # docs/algorithms.md §4.4 with the lasgroup strings
     demo = f"\\boxed{{{problem.answer}}}"
     assert (
         text == f"{problem.question}\nCorrect solution:\n\n{demo}\n\nCorrectly solve the original question."

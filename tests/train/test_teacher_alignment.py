@@ -1,4 +1,4 @@
-"""Teacher alignment (ALGORITHMS.md §0): the response logits come from columns P−1 .. P+T−2 of each forward,
+"""Teacher alignment (§0): the response logits come from columns P−1 .. P+T−2 of each forward,
 with P the prompt width of *that* forward, whatever the padding."""
 
 from __future__ import annotations
