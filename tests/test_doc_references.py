@@ -30,10 +30,13 @@ EXTERNAL_DOC = re.compile(r"ALGORITHMS\.md|DESIGN\.md|FACTS\.md|VERL_SDPO\.md|sh
 ISSUE_NUMBER = re.compile(r"\b(?:issues?|PR|pull request)\s*#?\d+|(?<![\w&/])#\d+\b", re.IGNORECASE)
 
 
-def _source_lines() -> list[tuple[str, int, str]]:
-    """(path relative to the repository, 1-based line number, text) of every line of every file under src/."""
+def _source_lines(roots: tuple[Path, ...] = (SRC,)) -> list[tuple[str, int, str]]:
+    """(path from the repository root, line number from 1, text) of each line of the text files in roots."""
     rows = []
-    for path in sorted(SRC.rglob("*")):
+    paths = [p for root in roots for p in ([root] if root.is_file() else sorted(root.rglob("*")))]
+    for path in paths:
+        if path == Path(__file__).resolve():
+            continue  # this file names the patterns it looks for
         if path.is_file() and path.suffix in {".py", ".yaml", ".yml", ".md", ".txt", ".toml"}:
             text = path.read_text(encoding="utf-8")
             rel = path.relative_to(ROOT).as_posix()
@@ -41,10 +44,10 @@ def _source_lines() -> list[tuple[str, int, str]]:
     return rows
 
 
-def _offences(pattern: re.Pattern[str], keep=lambda match: True) -> list[str]:
+def _offences(pattern: re.Pattern[str], keep=lambda match: True, roots=(SRC,)) -> list[str]:
     return [
         f"{rel}:{number}: {match.group(0)!r}"
-        for rel, number, line in _source_lines()
+        for rel, number, line in _source_lines(roots)
         for match in pattern.finditer(line)
         if keep(match)
     ]
@@ -69,6 +72,12 @@ def test_every_section_reference_in_src_resolves():
 def test_src_names_no_document_outside_the_repository():
     found = _offences(EXTERNAL_DOC)
     assert not found, "src/ cites documents a clone does not contain (cite docs/...):\n" + "\n".join(found)
+
+
+def test_docs_tests_and_benchmarks_name_no_document_outside_the_repository():
+    roots = (ROOT / "README.md", ROOT / "docs", ROOT / "tests", ROOT / "benchmarks")
+    found = _offences(EXTERNAL_DOC, roots=roots)
+    assert not found, "these files cite documents a clone does not contain:\n" + "\n".join(found)
 
 
 def test_src_names_no_issue_number():
