@@ -129,10 +129,14 @@ def test_a_response_over_the_log_prob_cap_is_a_413_before_any_forward(capped_ser
     assert resp.status_code == 413, resp.text
     message = resp.json()["error"]["message"]
     assert "21,210 log-prob entries (10 prompts, 1,000 tokens" in message
-    assert "at most 5,000 per request (--max-response-logprobs)" in message
+    assert "at most 5,000 per request (--max-response-logprobs; one prompt is always accepted)" in message
     assert httpx.get(capped_server.url + "/health").json()["forward_passes"] == before
     # 2 prompts: 2 * 101 * 21 = 4,242 entries, under the cap.
     assert post(capped_server, {**body, "prompt": body["prompt"][:2]}).status_code == 200
+    # One prompt always passes (its size is bounded by max_model_len and max_logprobs), so a client that
+    # splits a refused request row by row gets through: 1 * (127 + 1) * (21 + 21) = 5,376 entries > 5,000.
+    one = {"prompt": [1] + [4] * 126, "max_tokens": 1, "echo": True, "logprobs": 20, "prompt_logprobs": 20}
+    assert post(capped_server, one).status_code == 200
 
 
 @pytest.mark.timeout(120)

@@ -24,8 +24,8 @@ forward fail for the other requests in it (``param`` names the field): ``tempera
 ``TEMPERATURE_RANGE``, ``logprob_temperature`` in ``TEMPERATURE_RANGE`` (smaller values overflow the logits to
 inf), ``seed`` in ``SEED_RANGE`` (what ``torch.Generator.manual_seed`` accepts), ``logprobs`` and
 ``prompt_logprobs`` in [0, max_logprobs], ``max_tokens`` in {0, 1}, token ids in [0, vocab size). A request
-whose response would hold more than ``Limits.max_response_logprobs`` log-prob entries gets a 413
-(``response_logprobs``).
+of several prompts whose response would hold more than ``Limits.max_response_logprobs`` log-prob entries gets
+a 413 (``response_logprobs``); a single prompt is always accepted.
 """
 
 from __future__ import annotations
@@ -158,13 +158,16 @@ def response_logprobs(req: CompletionRequest, prompts: list[list[int]]) -> int:
 
 def _check_response_size(req: CompletionRequest, prompts: list[list[int]], limits: Limits) -> None:
     entries = response_logprobs(req, prompts)
-    if entries > limits.max_response_logprobs:
+    # One prompt is always accepted: its size is already bounded by max_batch_tokens and max_logprobs, and a
+    # client that splits a refused request row by row (opdkit.teachers.server does) must get through.
+    if len(prompts) > 1 and entries > limits.max_response_logprobs:
         tokens = sum(len(ids) for ids in prompts)
         asked = f"prompt_logprobs={effective_prompt_logprobs(req)}, logprobs={req.logprobs}"
         msg = (
             f"the response would hold {entries:,} log-prob entries ({len(prompts)} prompts, {tokens:,} "
             f"tokens, {asked}); this server returns at most {limits.max_response_logprobs:,} per request "
-            "(--max-response-logprobs): send fewer prompts per request or ask for fewer log-probs"
+            "(--max-response-logprobs; one prompt is always accepted): send fewer prompts per request or ask "
+            "for fewer log-probs"
         )
         raise ApiError(413, msg, param="prompt")
 
