@@ -22,6 +22,7 @@ from conftest import start_server, stop_server
 from opdkit.serve import ServeConfig
 from opdkit.serve.batcher import Batcher
 from opdkit.serve.engine import RowRequest, ScoringEngine
+from opdkit.teachers.server import ServerTeacher, ServerTeacherConfig
 
 MAX_BODY = 20_000
 MAX_ENTRIES = 5_000
@@ -204,3 +205,19 @@ def test_a_row_that_fails_the_batched_forward_is_retried_alone(tiny_lm):
     assert isinstance(err1, RuntimeError | ValueError) and isinstance(err2, ValueError)
     assert first[0] == second[0] == engine.score_rows([good])[0]  # the good rows are scored as if alone
     assert isolated == 1 and engine.max_rows_per_forward == 4  # one batch of 4 failed, then row by row
+
+
+def test_the_training_client_gets_through_the_response_cap_row_by_row(capped_server):
+    prompts = [[1, 4, 5, 6]] * 4
+    responses = [[7 + i % 30 for i in range(96)]] * 4  # 100-token rows
+    config = ServerTeacherConfig(url=capped_server.url, backoff_s=0.01, backoff_max_s=0.02)
+    teacher = ServerTeacher(config)
+    try:
+        scores = teacher.score(prompts, responses, top_k=20)
+    finally:
+        teacher.close()
+    # 4 rows of 100 tokens with prompt_logprobs = logprobs = 20: 4 * 101 * 42 = 16,968 entries > 5,000 -> 413;
+    # then each row alone: 101 * 42 = 4,242 entries -> 200. 1 + 4 requests (4 rows per request by
+    # default), every row scored.
+    assert scores.valid_N.all() and scores.failed_rows == 0
+    assert scores.stats["teacher/requests"] == 5 and scores.stats["teacher/errors/http_413"] == 1
