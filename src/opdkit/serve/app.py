@@ -64,8 +64,8 @@ class ServeConfig:
     max_logprobs: largest ``logprobs`` / ``prompt_logprobs`` accepted (vLLM's default is 20).
     device, dtype: where and in which precision the model runs (float32, bfloat16, float16).
     max_body_bytes: largest request body (413 beyond it); 8 MiB is about a million token ids.
-    max_response_logprobs: most log-prob entries in one response, (tokens + 1) x (k + 1) per log-prob list
-      (413 beyond it); 500,000 entries are about 36 MB of JSON.
+    max_response_logprobs: most log-prob entries in one response of several prompts, (tokens + 1) x (k + 1)
+      per log-prob list (413 beyond it; one prompt always passes); 500,000 entries are about 25 MB of JSON.
     max_concurrent_requests: POST requests in flight at once (429 with Retry-After beyond it).
     An empty ``api_key`` means no key, as None does.
     """
@@ -143,6 +143,7 @@ def _model_card(engine: ScoringEngine, config: ServeConfig, name: str, limits: L
             "vocab_size": engine.info.vocab_size,
             "max_batch_tokens": limits.max_batch_tokens,
             "max_logprobs": limits.max_logprobs,
+            "max_response_logprobs": limits.max_response_logprobs,
             "logprob_temperature": True,
         },
     }
