@@ -240,6 +240,13 @@ def serve_teacher(
     max_model_len: int = typer.Option(None, help="Longest sequence (default: the model's max positions)."),
     device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda."),
     dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
+    max_body_bytes: int = typer.Option(8 * 1024 * 1024, min=1, help="Largest request body (413 beyond)."),
+    max_response_logprobs: int = typer.Option(
+        500_000, min=1, help="Most log-prob entries in one response (413 beyond)."
+    ),
+    max_concurrent_requests: int = typer.Option(
+        64, min=1, help="Requests in flight at once (429 with Retry-After beyond)."
+    ),
 ) -> None:
     """Serve a causal LM as an OpenAI/vLLM-compatible teacher: prompt log-probs of token-id prompts."""
     from opdkit.serve import ServeConfig, serve
@@ -254,6 +261,9 @@ def serve_teacher(
             max_model_len=max_model_len,
             device=device,
             dtype=dtype,
+            max_body_bytes=max_body_bytes,
+            max_response_logprobs=max_response_logprobs,
+            max_concurrent_requests=max_concurrent_requests,
         )
     )
 

@@ -46,36 +46,57 @@ class ToolCalls:
 _ACTION_RE = re.compile(r"Action:\s*((?:\[\w+\])?\w+)")
 _COMPAT_ACTION_RE = re.compile(r"Action:\s*(\w+)")  # the reference's: "Action: [Optional]x" yields nothing
 _INPUT_RE = re.compile(r"Action Input:\s*")
-_COMPAT_INPUT_RE = re.compile(r"Action Input:\s*(\{.*?\})", re.DOTALL)
 _DECODER = json.JSONDecoder()
+MAX_FAILED_INPUTS = 100
+"""``Action Input:`` markers whose JSON fails to decode before the rest are ignored. Each failure costs time
+linear in its offset (``JSONDecodeError`` counts the lines before it), so without a cap 50,000 markers took
+seconds; a real completion has a handful of calls."""
+_JSON_ERRORS = (ValueError, RecursionError)  # JSONDecodeError; ints over 4,300 digits; absurd nesting
 
 
 def _objects_after_inputs(text: str) -> list:
     """The JSON value that starts right after each ``Action Input:`` (skipping whitespace), decoded.
 
     ``JSONDecoder.raw_decode`` reads exactly one value, so nested objects and braces inside strings are
-    handled; text after the value is ignored. A marker followed by invalid JSON contributes nothing.
+    handled; text after the value is ignored. A marker followed by invalid JSON contributes nothing; after
+    ``MAX_FAILED_INPUTS`` such markers the rest of the text is not read.
     """
-    values = []
+    values, failures = [], 0
     for m in _INPUT_RE.finditer(text):
         start = m.end()
         if not text.startswith("{", start):
             continue  # no object directly after the marker
         try:
             value, _ = _DECODER.raw_decode(text, start)
-        except (json.JSONDecodeError, RecursionError):  # RecursionError: absurdly deep nesting
+        except _JSON_ERRORS:
+            failures += 1
+            if failures >= MAX_FAILED_INPUTS:
+                break
             continue
         values.append(value)
     return values
 
 
 def _compat_objects(text: str) -> list:
-    """The reference's parse: non-greedy ``{.*?}`` after each marker, then ``json.loads`` (errors skipped)."""
-    values = []
-    for block in _COMPAT_INPUT_RE.findall(text):
+    """The reference's parse: non-greedy ``{.*?}`` after each marker, then ``json.loads`` (errors skipped).
+
+    Same matches as ``re.findall(r"Action Input:\\s*(\\{.*?\\})", text, re.DOTALL)``, found in linear time:
+    that regex rescans to the end of the text from every marker when no ``}`` follows (minutes for 50,000
+    markers). Matches do not overlap: a marker inside the previous block is skipped, as ``findall`` does.
+    """
+    values, taken_until, close = [], 0, -1
+    for m in _INPUT_RE.finditer(text):
+        start = m.end()
+        if m.start() < taken_until or not text.startswith("{", start):
+            continue
+        if close < start:  # the next "}" at or after start; the search moves forward only
+            close = text.find("}", start)
+            if close < 0:
+                break  # no "}" anywhere after: no later marker can match either
+        taken_until = close + 1
         try:
-            values.append(json.loads(block))
-        except json.JSONDecodeError:
+            values.append(json.loads(text[start:taken_until]))
+        except _JSON_ERRORS:
             continue
     return values
 

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from opdkit.rewards.base import VERIFIERS, Verdict
+from opdkit.rewards.base import VERIFIERS, Verdict, VerifierUnavailableError
 from opdkit.rewards.extract import last_boxed
 from opdkit.rewards.normalize import as_number, canonical_answer, normalize_answer
 from opdkit.rewards.pool import default_pool_size, shared_pool
@@ -73,7 +73,7 @@ def _inline_equivalent(gold: str, pred: str, timeout_s: float) -> bool:
     from opdkit.rewards import _mathverify_worker as worker
 
     if threading.current_thread() is not threading.main_thread():
-        raise RuntimeError(
+        raise VerifierUnavailableError(
             "MathVerifier(workers=0) is only time-bounded on the main thread; use workers >= 1"
         )
     from math_verify import parse, verify  # the `math` extra; imported here so `import opdkit` stays cheap

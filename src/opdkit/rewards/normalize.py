@@ -27,8 +27,9 @@ from fractions import Fraction
 
 _DROP = ("\\left", "\\right", "\\!", "\\,", "\\;", "\\:", "\\displaystyle", "\\$", "$")
 _DEGREES = ("^{\\circ}", "^\\circ", "^{\\circ }", "\\circ", "°")
-_TEXT_WRAPPERS = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname)\{([^{}]*)\}")
-_UNIT_SUFFIX = re.compile(r"\\(?:text|mbox|mathrm)\{\s+[^{}]*\}\s*$|\\mathrm\{~[^{}]*\}\s*$")
+_WRAPPER_OR_BRACE = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname)\{|[{}]")
+# One whitespace then any non-brace run (not "\s+[^{}]*", whose two ambiguous runs backtrack quadratically).
+_UNIT_SUFFIX = re.compile(r"\\(?:text|mbox|mathrm)\{\s[^{}]*\}\s*$|\\mathrm\{~[^{}]*\}\s*$")
 _EQ_PREFIX = re.compile(r"^[a-zA-Z](?:_\{?\w+\}?)?\s*=(?!=)")
 _SQRT_BARE = re.compile(r"\\sqrt(\w)")
 _FRAC_BARE = re.compile(r"\\frac(\d)(\d)")
@@ -40,6 +41,8 @@ _MAX_NUMBER_CHARS = 400  # longer "numbers" go to math-verify, which runs under 
 _MAX_EXPONENT = 400  # Fraction(Decimal("1e999999999")) would build a billion-digit integer
 _INT_FRAC = re.compile(r"^(-?)\\frac\{(-?\d+)\}\{(-?\d+)\}$")
 _OPTION = re.compile(r"^\(([A-Za-z])\)$")
+MAX_NORMALIZE_CHARS = 10_000
+"""Longer answers only lose their whitespace: no gold is that long, and it bounds the work per answer."""
 
 
 def _fix_bare_fracs(s: str) -> str:
@@ -55,20 +58,45 @@ def _fix_bare_fracs(s: str) -> str:
 
 
 def _unwrap_text(s: str) -> str:
-    """Replace ``\\text{x}`` (and friends) by ``x``, innermost first, until nothing changes."""
-    while True:
-        unwrapped = _TEXT_WRAPPERS.sub(r"\1", s)
-        if unwrapped == s:
-            return s
-        s = unwrapped
+    """Replace ``\\text{x}`` (and friends) by ``x`` when ``x`` has no braces left, innermost first.
+
+    One left-to-right pass with a stack of open groups, in linear time (applying the Hendrycks-style regex
+    until nothing changes took quadratic time on deeply nested wrappers). A wrapper group is unwrapped when
+    it closes with no brace left inside it; any other closed group keeps its braces, and so do the wrappers
+    around it: the regex rule's result, except that the regex also re-reads a wrapper that only appears
+    once an inner one is gone (``\\tex\\text{}t{x}``), which this pass does not.
+    """
+    out: list[str] = []
+    stack: list[list] = []  # per open group: [index of its opening piece in out, is a wrapper, keeps braces]
+    pos = 0
+    for m in _WRAPPER_OR_BRACE.finditer(s):
+        out.append(s[pos : m.start()])
+        pos = m.end()
+        token = m.group()
+        if token == "}" and stack:
+            start, wrapper, braced = stack.pop()
+            if wrapper and not braced:
+                out[start] = ""  # drop "\\text{" and this "}"
+                continue
+            if stack:
+                stack[-1][2] = True  # this group's braces stay inside the enclosing group
+        elif token != "}":  # an unmatched "}" is kept as text
+            stack.append([len(out), token != "{", False])
+        out.append(token)
+    out.append(s[pos:])
+    return "".join(out)
 
 
 def normalize_answer(answer: str) -> str:
     """Canonical string form of a final answer, for exact comparison (Hendrycks-style ``strip_string``).
 
-    Never raises; the result has no whitespace. Two answers with equal normal forms are the same answer.
+    Never raises and runs in linear time; the result has no whitespace. Two answers with equal normal forms
+    are the same answer. An answer longer than ``MAX_NORMALIZE_CHARS`` only loses its whitespace.
     """
-    s = str(answer).replace("\n", "").strip()
+    s = str(answer)
+    if len(s) > MAX_NORMALIZE_CHARS:
+        return "".join(s.split())
+    s = s.replace("\n", "").strip()
     s = s.replace("\\\\", "\\").replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     s = _UNIT_SUFFIX.sub("", s)  # "5 \text{ cm}": a unit after a number, as Hendrycks removes it
     for token in _DROP:
@@ -98,9 +126,11 @@ def as_number(normalized: str) -> Fraction | None:
     (a pair) is not a number.
     """
     s = normalized
+    if len(s) > _MAX_NUMBER_CHARS:  # also keeps int() below Python's 4,300-digit int-string limit
+        return None
     if _THOUSANDS.match(s):
         s = s.replace(",", "")
-    number = _NUMBER.match(s) if len(s) <= _MAX_NUMBER_CHARS else None
+    number = _NUMBER.match(s)
     if number:
         if number.group(1) is not None and abs(int(number.group(1))) > _MAX_EXPONENT:
             return None

@@ -35,12 +35,14 @@ import threading
 import time
 from pathlib import Path
 
+from opdkit.rewards.base import VerifierUnavailableError
+
 _WORKER_SCRIPT = Path(__file__).with_name("_mathverify_worker.py")
 _GRACE_S = 1.0  # the worker's own timer fires first; this only catches code that ignores signals
 _STARTUP_TIMEOUT_S = 120.0  # importing sympy + math-verify on a busy 2-core machine can take several seconds
 
 
-class MathVerifyUnavailableError(RuntimeError):
+class MathVerifyUnavailableError(VerifierUnavailableError):
     """math-verify cannot be run (not installed, or the worker could not start)."""
 
 

@@ -73,9 +73,14 @@ def check_addition(pred: str, gold: str) -> _Check:
     )
 
 
+_MAX_DIGITS = 1000  # int() refuses strings over 4,300 digits; no task answer is near this
+
+
 def _int_list(text: str) -> list[int] | None:
     parts = [p for p in re.split(r"[\s,]+", text.strip().strip("[]()")) if p]
-    return [int(p) for p in parts] if parts and all(p.isdigit() for p in parts) else None
+    # isdecimal, not isdigit: "²" is a digit that int() refuses
+    ok = parts and all(p.isdecimal() and len(p) <= _MAX_DIGITS for p in parts)
+    return [int(p) for p in parts] if ok else None
 
 
 def check_sorting(pred: str, gold: str) -> _Check:

@@ -2,7 +2,9 @@
 
 Routes (all JSON):
 
-- ``GET /health``: ``{"status": "ok", "forward_passes", "rows_scored", "max_rows_per_forward"}``.
+- ``GET /health``: ``{"status": "ok", "forward_passes", "rows_scored", "max_rows_per_forward",
+  "requests_in_flight", "isolated_batches"}`` (POSTs being served; batches that failed and were retried row
+  by row).
 - ``GET /v1/models``: the served model as vLLM describes it (``id``, ``max_model_len``, ...) plus an
   ``opdkit`` object: the tokenizer fingerprint (``opdkit.teachers.fingerprint``), vocabulary size, limits.
 - ``POST /v1/completions``: token-id prompts scored in vLLM's format (``opdkit.serve.protocol``).
@@ -10,8 +12,14 @@ Routes (all JSON):
   ``{"tokens", "count", "max_model_len"}`` and ``POST /detokenize`` ``{"tokens": ids}`` ->
   ``{"prompt": text}``, as in vLLM.
 
-With an API key every request (any route) needs ``Authorization: Bearer KEY`` or gets 401. Bad requests get a
-4xx with ``{"error": {"message", ...}}``; a failed forward gets a 500 for the requests in that batch only.
+With an API key every request (any route) needs ``Authorization: Bearer KEY`` or gets 401 (an empty key means
+no key). Bad requests get a 4xx with ``{"error": {"message", ...}}``; a forward that fails is retried row by
+row, so only the request whose row fails gets a 500.
+
+One client cannot take the server down or fail the others (``ServeConfig`` holds the caps): a body over
+``max_body_bytes`` gets a 413 before it is read in full, a response over ``max_response_logprobs`` log-prob
+entries a 413 before any forward, and a POST beyond ``max_concurrent_requests`` in flight a 429 with
+``Retry-After`` (``opdkit.teachers.server`` retries 429s).
 """
 
 from __future__ import annotations
@@ -55,6 +63,11 @@ class ServeConfig:
     max_model_len: longest prompt + generated token (default: the model's ``max_position_embeddings``).
     max_logprobs: largest ``logprobs`` / ``prompt_logprobs`` accepted (vLLM's default is 20).
     device, dtype: where and in which precision the model runs (float32, bfloat16, float16).
+    max_body_bytes: largest request body (413 beyond it); 8 MiB is about a million token ids.
+    max_response_logprobs: most log-prob entries in one response of several prompts, (tokens + 1) x (k + 1)
+      per log-prob list (413 beyond it; one prompt always passes); 500,000 entries are about 25 MB of JSON.
+    max_concurrent_requests: POST requests in flight at once (429 with Retry-After beyond it).
+    An empty ``api_key`` means no key, as None does.
     """
 
     model: str
@@ -68,18 +81,48 @@ class ServeConfig:
     served_model_name: str | None = None
     device: str = "cpu"
     dtype: str = "float32"
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_response_logprobs: int = 500_000
+    max_concurrent_requests: int = 64
+
+    def __post_init__(self) -> None:
+        if self.api_key == "":
+            object.__setattr__(self, "api_key", None)  # "--api-key ''" means no key, everywhere
+        for name in (
+            "max_body_bytes",
+            "max_response_logprobs",
+            "max_concurrent_requests",
+            "max_batch_tokens",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 def _error_response(err: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
 
+def _too_large(max_bytes: int) -> ApiError:
+    msg = f"the request body is over {max_bytes:,} bytes, this server's limit (--max-body-bytes)"
+    return ApiError(413, msg)
+
+
 async def _json_body(request: Request) -> Any:
-    raw = await request.body()
+    """The decoded JSON body, read up to ``request.app.state.max_body_bytes`` (413 beyond it)."""
+    max_bytes = request.app.state.max_body_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and (len(declared) > 18 or int(declared) > max_bytes):
+        raise _too_large(max_bytes)  # refused before reading it
+    chunks, size = [], 0
+    async for chunk in request.stream():  # a chunked body has no length: count as it arrives
+        size += len(chunk)
+        if size > max_bytes:
+            raise _too_large(max_bytes)
+        chunks.append(chunk)
     try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+        return json.loads(b"".join(chunks))
+    except (ValueError, RecursionError) as exc:  # also ints over 4,300 digits and absurd nesting
+        raise ApiError(400, f"the request body is not valid JSON: {str(exc)[:200]}") from None
 
 
 def _model_card(engine: ScoringEngine, config: ServeConfig, name: str, limits: Limits) -> dict[str, Any]:
@@ -100,6 +143,7 @@ def _model_card(engine: ScoringEngine, config: ServeConfig, name: str, limits: L
             "vocab_size": engine.info.vocab_size,
             "max_batch_tokens": limits.max_batch_tokens,
             "max_logprobs": limits.max_logprobs,
+            "max_response_logprobs": limits.max_response_logprobs,
             "logprob_temperature": True,
         },
     }
@@ -108,7 +152,12 @@ def _model_card(engine: ScoringEngine, config: ServeConfig, name: str, limits: L
 def create_app(engine: ScoringEngine, config: ServeConfig) -> FastAPI:
     """The ASGI app serving ``engine`` (see the module docstring)."""
     name = config.served_model_name or config.model
-    limits = Limits(engine.info, max_batch_tokens=config.max_batch_tokens, max_logprobs=config.max_logprobs)
+    limits = Limits(
+        engine.info,
+        max_batch_tokens=config.max_batch_tokens,
+        max_logprobs=config.max_logprobs,
+        max_response_logprobs=config.max_response_logprobs,
+    )
     batcher = Batcher(engine, max_batch_tokens=config.max_batch_tokens, max_batch_rows=config.max_batch_rows)
 
     @contextlib.asynccontextmanager
@@ -119,16 +168,8 @@ def create_app(engine: ScoringEngine, config: ServeConfig) -> FastAPI:
         batcher.close()
 
     app = FastAPI(title="opdkit teacher server", lifespan=lifespan, docs_url=None, redoc_url=None)
-    expected = f"Bearer {config.api_key}".encode() if config.api_key is not None else None
-
-    @app.middleware("http")
-    async def require_api_key(request: Request, call_next: Any) -> Response:
-        if expected is not None:
-            given = request.headers.get("authorization", "").encode()
-            if not secrets.compare_digest(given, expected):  # constant time: no key guessing by timing
-                err = ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'")
-                return _error_response(err, headers={"WWW-Authenticate": "Bearer"})
-        return await call_next(request)
+    app.state.max_body_bytes = config.max_body_bytes
+    _install_guards(app, config)
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, err: ApiError) -> JSONResponse:
@@ -148,16 +189,50 @@ def create_app(engine: ScoringEngine, config: ServeConfig) -> FastAPI:
     return app
 
 
+def _install_guards(app: FastAPI, config: ServeConfig) -> None:
+    """The concurrency cap and the API key check (the key check runs first: it is added last)."""
+    app.state.requests_in_flight = 0  # POST requests being served; one event loop, so no lock is needed
+
+    @app.middleware("http")
+    async def limit_concurrency(request: Request, call_next: Any) -> Response:
+        if request.method != "POST":
+            return await call_next(request)
+        if app.state.requests_in_flight >= config.max_concurrent_requests:
+            msg = (
+                f"{config.max_concurrent_requests} requests are already in flight, this server's limit "
+                "(--max-concurrent-requests); retry after the Retry-After seconds"
+            )
+            return _error_response(ApiError(429, msg), headers={"Retry-After": "1"})
+        app.state.requests_in_flight += 1
+        try:
+            return await call_next(request)
+        finally:
+            app.state.requests_in_flight -= 1
+
+    expected = f"Bearer {config.api_key}".encode() if config.api_key is not None else None
+
+    @app.middleware("http")
+    async def require_api_key(request: Request, call_next: Any) -> Response:
+        if expected is not None:
+            given = request.headers.get("authorization", "").encode()
+            if not secrets.compare_digest(given, expected):  # constant time: no key guessing by timing
+                err = ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'")
+                return _error_response(err, headers={"WWW-Authenticate": "Bearer"})
+        return await call_next(request)
+
+
 def _scoring_routes(engine: ScoringEngine, batcher: Batcher, limits: Limits, name: str) -> APIRouter:
     router = APIRouter()
 
     @router.get("/health")
-    async def health() -> dict[str, Any]:
+    async def health(request: Request) -> dict[str, Any]:
         return {
             "status": "ok",
             "forward_passes": engine.forward_passes,
             "rows_scored": engine.rows_scored,
             "max_rows_per_forward": engine.max_rows_per_forward,
+            "requests_in_flight": request.app.state.requests_in_flight,
+            "isolated_batches": batcher.isolated_batches,
         }
 
     @router.post("/v1/completions")
@@ -220,7 +295,9 @@ def serve(config: ServeConfig) -> None:
     print(
         f"opdkit teacher server: {name} on http://{config.host}:{config.port} "
         f"(max_model_len {engine.info.max_model_len}, max_batch_tokens {config.max_batch_tokens}, "
-        f"API key {'required' if config.api_key else 'not required'})",
+        f"max_body_bytes {config.max_body_bytes}, max_response_logprobs {config.max_response_logprobs}, "
+        f"max_concurrent_requests {config.max_concurrent_requests}, "
+        f"API key {'required' if config.api_key is not None else 'not required'})",
         flush=True,
     )
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False)

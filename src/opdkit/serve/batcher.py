@@ -4,8 +4,9 @@ Request handlers call ``await batcher.score(rows)``. A single background task ta
 first served, and groups them while ``rows * longest_row <= max_batch_tokens`` (the padded size of the batch)
 and ``rows <= max_batch_rows``; the forward runs on one worker thread, so the event loop keeps accepting
 requests meanwhile, and those requests form the next batch. A row alone always fits, because the HTTP layer
-rejects rows longer than the budget. If a forward raises, every request in that batch gets the error and the
-task goes on.
+rejects rows longer than the budget. If a forward of several rows raises, each row is forwarded again alone,
+so a row that fails (whatever the reason) fails only its own request and the others in the batch are scored;
+the task goes on either way.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Batcher:
         self._pending: collections.deque[_Job] = collections.deque()
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="opdkit-forward")
+        self.isolated_batches = 0  # forwards of several rows that failed and were retried row by row
 
     async def score(self, rows: list[RowRequest]) -> list[RowScores]:
         """Queue ``rows`` and wait for their scores (in order)."""
@@ -58,26 +60,33 @@ class Batcher:
 
     async def run(self) -> None:
         """The background task: forward batches until cancelled."""
-        loop = asyncio.get_running_loop()
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._pending:
                 batch = [job for job in self._take_batch() if not job.future.done()]  # skip cancelled ones
-                if not batch:
-                    continue
-                try:
-                    results = await loop.run_in_executor(
-                        self._executor, self.engine.score_rows, [job.row for job in batch]
-                    )
-                except Exception as exc:  # a failed forward fails its requests, never the server
-                    for job in batch:
-                        if not job.future.done():
-                            job.future.set_exception(exc)
-                    continue
-                for job, result in zip(batch, results):
-                    if not job.future.done():
-                        job.future.set_result(result)
+                if batch:
+                    await self._forward(batch)
+
+    async def _forward(self, batch: list[_Job]) -> None:
+        """Score ``batch`` in one forward; if that raises, score each row alone (one bad row fails alone)."""
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(
+                self._executor, self.engine.score_rows, [job.row for job in batch]
+            )
+        except Exception as exc:  # a failed forward fails its requests, never the server
+            if len(batch) > 1:
+                self.isolated_batches += 1
+                for job in batch:
+                    await self._forward([job])
+                return
+            if not batch[0].future.done():
+                batch[0].future.set_exception(exc)
+            return
+        for job, result in zip(batch, results):
+            if not job.future.done():
+                job.future.set_result(result)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -18,11 +18,18 @@ Each ``prompt_logprobs`` entry holds the prompt token itself plus the top-k toke
 token ids as strings). ``logprobs`` lists are aligned with the emitted tokens; the first prompt token has null
 entries. Log-probs are clamped to >= -9999.0 as in vLLM (JSON has no -inf). Errors are
 ``{"error": {"message", "type", "param", "code"}}`` with a 4xx status for bad requests.
+
+Every numeric field is range-checked here, before any forward pass, so that no request can make a batched
+forward fail for the other requests in it (``param`` names the field): ``temperature`` is 0 or in
+``TEMPERATURE_RANGE``, ``logprob_temperature`` in ``TEMPERATURE_RANGE`` (smaller values overflow the logits to
+inf), ``seed`` in ``SEED_RANGE`` (what ``torch.Generator.manual_seed`` accepts), ``logprobs`` and
+``prompt_logprobs`` in [0, max_logprobs], ``max_tokens`` in {0, 1}, token ids in [0, vocab size). A request
+of several prompts whose response would hold more than ``Limits.max_response_logprobs`` log-prob entries gets
+a 413 (``response_logprobs``); a single prompt is always accepted.
 """
 
 from __future__ import annotations
 
-import math
 import time
 import uuid
 from collections.abc import Callable
@@ -34,6 +41,15 @@ from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, ValidationErr
 from opdkit.serve.engine import EngineInfo, RowRequest, RowScores
 
 MIN_LOGPROB = -9999.0
+TEMPERATURE_RANGE = (1e-3, 1e3)
+SEED_RANGE = (-(2**63), 2**64 - 1)
+_STATUS_TYPES = {
+    400: "BadRequestError",
+    401: "AuthenticationError",
+    404: "NotFoundError",
+    413: "RequestTooLargeError",
+    429: "RateLimitError",
+}
 
 
 class Decoder(Protocol):
@@ -54,7 +70,7 @@ class ApiError(Exception):
         self.param = param
 
     def body(self) -> dict[str, Any]:
-        kind = {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError"}.get(
+        kind = _STATUS_TYPES.get(
             self.status, "InternalServerError" if self.status >= 500 else "InvalidRequestError"
         )
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.status}}
@@ -81,12 +97,17 @@ class CompletionRequest(BaseModel):
 
 @dataclass(frozen=True)
 class Limits:
-    """Server-side limits the requests are checked against."""
+    """Server-side limits the requests are checked against.
+
+    max_response_logprobs: most log-prob entries one response may hold (``response_logprobs``); bounds the
+      response size and the server memory one request can take.
+    """
 
     info: EngineInfo
     max_batch_tokens: int
     max_logprobs: int = 20
     max_prompts: int = 1024
+    max_response_logprobs: int = 500_000
 
 
 def parse_completion_request(body: Any, limits: Limits) -> tuple[CompletionRequest, list[list[int]]]:
@@ -98,7 +119,8 @@ def parse_completion_request(body: Any, limits: Limits) -> tuple[CompletionReque
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "body"
-        raise ApiError(400, f"{field}: {first['msg']} (got {first.get('input')!r})", param=field) from None
+        got = repr(first.get("input"))[:200]
+        raise ApiError(400, f"{field}: {first['msg']} (got {got})", param=field) from None
     if req.max_tokens is None:  # an explicit null means the default
         req = req.model_copy(update={"max_tokens": 1})
     prompts = _parse_prompt(req.prompt)
@@ -122,7 +144,32 @@ def parse_completion_request(body: Any, limits: Limits) -> tuple[CompletionReque
         if bad is not None:
             msg = f"prompt {i}: token id {bad} is out of range [0, {limits.info.vocab_size})"
             raise ApiError(400, msg, param="prompt")
+    _check_response_size(req, prompts, limits)
     return req, prompts
+
+
+def response_logprobs(req: CompletionRequest, prompts: list[list[int]]) -> int:
+    """Upper bound on the log-prob entries of the response: per token (+1 generated), k + 1 for each of
+    ``prompt_logprobs`` = k and ``logprobs`` = k that the request asks for (the token itself and its top k).
+    """
+    per_token = sum(k + 1 for k in (effective_prompt_logprobs(req), req.logprobs) if k is not None)
+    return per_token * sum(len(ids) + 1 for ids in prompts)
+
+
+def _check_response_size(req: CompletionRequest, prompts: list[list[int]], limits: Limits) -> None:
+    entries = response_logprobs(req, prompts)
+    # One prompt is always accepted: its size is already bounded by max_batch_tokens and max_logprobs, and a
+    # client that splits a refused request row by row (opdkit.teachers.server does) must get through.
+    if len(prompts) > 1 and entries > limits.max_response_logprobs:
+        tokens = sum(len(ids) for ids in prompts)
+        asked = f"prompt_logprobs={effective_prompt_logprobs(req)}, logprobs={req.logprobs}"
+        msg = (
+            f"the response would hold {entries:,} log-prob entries ({len(prompts)} prompts, {tokens:,} "
+            f"tokens, {asked}); this server returns at most {limits.max_response_logprobs:,} per request "
+            "(--max-response-logprobs; one prompt is always accepted): send fewer prompts per request or ask "
+            "for fewer log-probs"
+        )
+        raise ApiError(413, msg, param="prompt")
 
 
 def _parse_prompt(prompt: Any) -> list[list[int]]:
@@ -155,10 +202,21 @@ def _check_options(req: CompletionRequest, limits: Limits) -> None:
         k = getattr(req, name)
         if k is not None and not 0 <= k <= limits.max_logprobs:
             raise ApiError(400, f"{name} must be between 0 and {limits.max_logprobs}, got {k}", param=name)
-    if req.temperature is not None and not (math.isfinite(req.temperature) and req.temperature >= 0):
-        raise ApiError(400, "temperature must be a finite number >= 0", param="temperature")
-    if not (math.isfinite(req.logprob_temperature) and req.logprob_temperature > 0):
-        raise ApiError(400, "logprob_temperature must be a finite number > 0", param="logprob_temperature")
+    low, high = TEMPERATURE_RANGE
+    if req.temperature is not None and req.temperature != 0 and not low <= req.temperature <= high:
+        msg = (
+            f"temperature must be a finite number: 0 (greedy) or in [{low:g}, {high:g}], "
+            f"got {req.temperature}"
+        )
+        raise ApiError(400, msg, param="temperature")
+    if not low <= req.logprob_temperature <= high:
+        msg = (
+            f"logprob_temperature must be a finite number in [{low:g}, {high:g}], "
+            f"got {req.logprob_temperature}"
+        )
+        raise ApiError(400, msg, param="logprob_temperature")
+    if req.seed is not None and not SEED_RANGE[0] <= req.seed <= SEED_RANGE[1]:
+        raise ApiError(400, f"seed must be an integer in [-2**63, 2**64 - 1], got {req.seed}", param="seed")
 
 
 def effective_prompt_logprobs(req: CompletionRequest) -> int | None:

@@ -18,7 +18,7 @@ import torch
 
 import opdkit.rewards.synthetic  # noqa: F401  (registers the synthetic verifiers)
 from opdkit.models import build_char_tokenizer, build_tiny_model, save_pretrained_atomic
-from opdkit.rewards.base import VERIFIERS, Verifier
+from opdkit.rewards.base import VERIFIERS, Verifier, safe_verdict
 from opdkit.rollout import SamplingParams, encode_chats, sample
 from opdkit.tasks import STYLES, Problem
 from opdkit.teachers.reprompt import reprompt_user_text
@@ -82,7 +82,7 @@ def pass_rate(
     rollout = sample(model, setup.tokenizer, encode_chats(setup.tokenizer, conversations), params, seed=seed)
     golds_N = [g for g in golds for _ in range(probe.samples)]
     verdicts = [
-        setup.verifier(t, g, truncated=bool(tr))
+        safe_verdict(setup.verifier, t, g, bool(tr))  # model output never raises out of a verifier
         for t, g, tr in zip(rollout.texts, golds_N, rollout.truncated_N)
     ]
     return sum(v.correct for v in verdicts) / max(1, len(verdicts)), verdicts
