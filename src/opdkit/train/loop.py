@@ -10,7 +10,7 @@ Each step (DESIGN.md "The training loop"):
    method's weights / advantages;
 5. ``run_updates``: loss, optimizer step(s), EMA self-teacher update — skipped when the method says the step
    carries no signal (e.g. SC-SDPO with no informative question) or the loss/gradient is not finite;
-6. log one row to ``metrics.jsonl``; evaluate and checkpoint at fixed steps.
+6. log one row to ``metrics.jsonl``; checkpoint, then evaluate (its own row, same step) at fixed steps.
 
 Usage::
 
@@ -42,6 +42,7 @@ from opdkit.train.checkpoint import (
 )
 from opdkit.train.config import TrainConfig
 from opdkit.train.methods import METHODS, MethodContext
+from opdkit.train.preflight import preflight
 from opdkit.train.rollouts import RolloutRequest, collect_rollouts
 from opdkit.train.rundir import RunDir
 from opdkit.train.setup import (
@@ -83,6 +84,7 @@ def train(
         torch.set_num_threads(cfg.threads)
     _quiet_transformers()
     seed_everything(cfg.seed)
+    preflight(cfg)  # data, verifiers, models, teacher: checked before the run directory exists
     run = RunDir.open(run_dir, cfg, resume=resume, overwrite=overwrite)
     device = resolve_device(cfg.model.device)
     models = load_models(cfg, device)
@@ -159,9 +161,6 @@ def train(
             "train/lr": scheduler.get_last_lr()[0],
             "teacher/consecutive_failed_steps": float(teacher_failures),
         }
-        if _due(step, cfg.eval.every, cfg.steps) and data.eval:
-            last_eval = _evaluate(cfg, run, models, data, step)
-            row.update(_eval_row(last_eval))
         row.update({"time/rollout_s": t1 - t0, "time/prepare_s": t2 - t1, "time/update_s": t3 - t2,
                     "time/step_s": time.perf_counter() - t0})  # fmt: skip
         if step % max(1, cfg.log_every) == 0 or step == cfg.steps:
@@ -180,6 +179,10 @@ def train(
                 teacher_failures,
                 cfg.keep_checkpoints,
             )
+        # evaluation after the step's row and checkpoint: a crash in it loses no training; its own row
+        if _due(step, cfg.eval.every, cfg.steps) and data.eval:
+            last_eval = _evaluate(cfg, run, models, data, step)
+            run.log({"step": step, **_eval_row(last_eval)})
         if stop:
             status = f"stopped: teacher failed on {teacher_failures} consecutive steps"
             return TrainResult(run.path, step, status, last_eval)
