@@ -26,6 +26,7 @@ class ExitCode(IntEnum):
     REFUSED = 2  # bad input refused before any work was lost: config, arguments, data, run directory
     STOPPED = 3  # a training run stopped early on purpose (e.g. teacher failures); its checkpoint is saved
 
+
 app = typer.Typer(
     name="opdkit",
     help="On-policy distillation and self-distillation for post-training language models.",

@@ -109,9 +109,7 @@ class RolloutConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    lr: float = doc(
-        1e-4, "AdamW learning rate (papers: GRPO 1e-6, SDPO 1e-5, SRPO 5e-6, SCOPE 5e-5)", gt=0
-    )
+    lr: float = doc(1e-4, "AdamW learning rate (papers: GRPO 1e-6, SDPO 1e-5, SRPO 5e-6, SCOPE 5e-5)", gt=0)
     weight_decay: float = doc(0.01, "AdamW weight decay", ge=0)
     betas: tuple[float, ...] = doc((0.9, 0.999), "AdamW betas", ge=0, lt=1)
     warmup_steps: int = doc(0, "linear warm-up steps, then constant", ge=0)

@@ -47,9 +47,9 @@ class Bounds:
             return next((p for p in map(self.problem, value) if p is not None), None)
         if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
             return None
-        limits = [(self.ge, ">=", value >= (self.ge or 0)), (self.gt, ">", value > (self.gt or 0)),
-                  (self.le, "<=", value <= (self.le or 0)), (self.lt, "<", value < (self.lt or 0))]  # fmt: skip
-        wanted = [f"{op} {limit:g}" for limit, op, ok in limits if limit is not None and not ok]
+        limits = ((self.ge, ">=", lambda x: value >= x), (self.gt, ">", lambda x: value > x),
+                  (self.le, "<=", lambda x: value <= x), (self.lt, "<", lambda x: value < x))  # fmt: skip
+        wanted = [f"{op} {limit:g}" for limit, op, ok in limits if limit is not None and not ok(limit)]
         if isinstance(value, float) and not math.isfinite(value):
             wanted.insert(0, "finite")
         return f"must be {' and '.join(wanted)}, got {value!r}" if wanted else None
@@ -279,7 +279,7 @@ def load_yaml(path: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"{path}: 'base' files form a cycle: {' -> '.join(_seen)}")
     try:
         with open(path, encoding="utf-8") as fh:
-            data = yaml.load(fh, Loader=_StrictLoader)  # noqa: S506  (a SafeLoader subclass)
+            data = yaml.load(fh, Loader=_StrictLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from None
     except ConfigError as exc:

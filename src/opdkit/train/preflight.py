@@ -69,11 +69,14 @@ def _check_teacher(cfg: TrainConfig) -> None:
     t = cfg.teacher
     if t.kind == "none":
         raise PreflightError(
-            f"teacher.kind: method {cfg.method.name} needs an external teacher: set teacher.kind=local or server"
+            f"teacher.kind: method {cfg.method.name} needs an external teacher: "
+            "set teacher.kind=local or server"
         )
     if t.kind == "local":
         if t.path in ("", "tiny") and cfg.model.student != "tiny":
-            raise PreflightError("teacher.path: teacher.kind=local needs a model directory (or model.student=tiny)")
+            raise PreflightError(
+                "teacher.path: teacher.kind=local needs a model directory (or model.student=tiny)"
+            )
         check_model_dir("teacher.path", t.path or "tiny")
         return
     if not t.url:

@@ -65,7 +65,8 @@ def _holds_only(path: Path, known: tuple[str, ...]) -> bool:
 def check_deletable(path: Path) -> None:
     """Raise ``RunDirError`` unless ``path`` may be deleted by ``overwrite`` (see the module docstring)."""
     target = path.resolve()
-    protected = {Path("/").resolve(), Path.home().resolve(), *Path.cwd().resolve().parents, Path.cwd().resolve()}
+    cwd = Path.cwd().resolve()
+    protected = {Path("/").resolve(), Path.home().resolve(), cwd, *cwd.parents}
     if target in protected:
         raise RunDirError(f"--overwrite refuses to delete {path}: it is the working folder, one of its "
                           "parents, the home folder or /; choose another --output")  # fmt: skip

@@ -20,7 +20,8 @@ a 0.5 M-parameter model goes from 0 to ~35 % sampled accuracy in a few hundred s
 Results live in ``<cache_dir>/<hash>/{student,teacher,report.json,config.json}``; the hash covers the config
 and ``WARMSTART_VERSION``. The folder is written under a temporary name and renamed when complete, so a
 killed run never leaves a half-written cache entry; the temporary name carries the writer's process id, and
-the next warm start in the same cache removes the temporary folders of processes that no longer run. Call with one intra-op thread on CPU
+the next warm start in the same cache removes the temporary folders of processes that no longer run. Call
+with one intra-op thread on CPU
 (``torch.set_num_threads(1)``)::
 
     result = warm_start(WarmStartConfig(), cache_dir=".cache/opdkit/warmstart")
