@@ -82,9 +82,13 @@ def test_final_checkpoint_and_row_come_before_the_final_eval(short_run, tmp_path
     assert [r["step"] for r in rows] == [1, 2] and "loss/total" in rows[-1]
 
 
-def test_the_final_evaluation_has_its_own_row_after_the_training_row(short_run, tmp_path):
-    result = invoke("train", "tiny/opd", *short_run(steps=1), "--output", tmp_path / "run")
+def test_evaluations_join_their_steps_row(short_run, tmp_path):
+    # eval.every=1, log_every=2: step 1 is not logged, so its evaluation gets a row of its own; step 2's
+    # evaluation joins the training row written before the checkpoint
+    overrides = short_run(steps=2, **{"eval.every": 1, "log_every": 2})
+    result = invoke("train", "tiny/opd", *overrides, "--output", tmp_path / "run")
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 1]
-    assert "loss/total" in rows[0] and "eval/mean@1" in rows[1]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert "eval/mean@1" in rows[0] and "loss/total" not in rows[0]
+    assert "loss/total" in rows[1] and "eval/mean@1" in rows[1]

@@ -10,7 +10,7 @@ Each step (DESIGN.md "The training loop"):
    method's weights / advantages;
 5. ``run_updates``: loss, optimizer step(s), EMA self-teacher update — skipped when the method says the step
    carries no signal (e.g. SC-SDPO with no informative question) or the loss/gradient is not finite;
-6. log one row to ``metrics.jsonl``; checkpoint, then evaluate (its own row, same step) at fixed steps.
+6. log one row to ``metrics.jsonl``; checkpoint, then evaluate (added to the step's row) at fixed steps.
 
 Usage::
 
@@ -179,10 +179,10 @@ def train(
                 teacher_failures,
                 cfg.keep_checkpoints,
             )
-        # evaluation after the step's row and checkpoint: a crash in it loses no training; its own row
+        # evaluation after the step's row and checkpoint, so a crash in it loses no training
         if _due(step, cfg.eval.every, cfg.steps) and data.eval:
             last_eval = _evaluate(cfg, run, models, data, step)
-            run.log({"step": step, **_eval_row(last_eval)})
+            run.add_to_step(step, _eval_row(last_eval))
         if stop:
             status = f"stopped: teacher failed on {teacher_failures} consecutive steps"
             return TrainResult(run.path, step, status, last_eval)

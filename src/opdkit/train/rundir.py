@@ -167,6 +167,22 @@ class RunDir:
             fh.write(line + "\n")
             fh.flush()
 
+    def add_to_step(self, step: int, values: dict[str, Any]) -> None:
+        """Merge ``values`` into the last row when it is ``step``'s (rewritten atomically), else append a row
+        ``{"step": step, **values}``: evaluation results join their step's row after its checkpoint."""
+        lines = (
+            self.metrics_path.read_text(encoding="utf-8").splitlines() if self.metrics_path.exists() else []
+        )
+        try:
+            last = json.loads(lines[-1]) if lines else {}
+        except json.JSONDecodeError:
+            last = {}
+        if last.get("step") != step:
+            self.log({"step": step, **values})
+            return
+        lines[-1] = json.dumps({**last, **{k: _json_safe(v) for k, v in values.items()}})
+        _atomic_write(self.metrics_path, "".join(line + "\n" for line in lines))
+
     def sync(self) -> None:
         """Force the metrics written so far to disk (survives a machine crash, not only a killed process)."""
         if self.metrics_path.exists():
