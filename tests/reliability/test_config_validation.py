@@ -46,8 +46,8 @@ BAD_VALUES = [
     ("teacher.timeout_s=0", "teacher.timeout_s must be > 0"),
     ("teacher.rows_per_request=0", "teacher.rows_per_request must be >= 1"),
     ("teacher.temperature=1e-300", None),  # a tiny positive temperature is a valid (if odd) value
-    ("model.device=banana", "model.device 'banana' is not a device"),
-    ("data.task.name=foo", "unknown task 'foo'; valid tasks: addition, countdown, sorting"),
+    ("model.device=banana", "model.device: 'banana' is not a device"),
+    ("data.task.name=foo", "data.task.name: unknown task 'foo'; valid tasks: addition, countdown, sorting"),
     ("data.task.train_size=0", "data.task.train_size must be >= 1"),
     ("data.max_prompt_tokens=0", "data.max_prompt_tokens must be >= 1"),
 ]
@@ -147,7 +147,7 @@ def test_help_config_shows_each_range():
         (("--limit", "-1"), "--limit"),
         (("--top-p", "0"), "--top-p"),
         (("--max-new-tokens", "0"), "--max-new-tokens"),
-        (("--device", "banana"), "--device 'banana' is not a device"),
+        (("--device", "banana"), "--device: 'banana' is not a device"),
         (("--task", "foo"), "valid tasks: addition"),
     ],
 )

@@ -91,11 +91,12 @@ def field_of(cls: type, name: str) -> dataclasses.Field:
 def check_field(f: dataclasses.Field, value: Any, key: str) -> None:
     """Raise ``ConfigError`` naming ``key`` when ``value`` breaks the field's declared bounds or check."""
     bounds, check = f.metadata.get("bounds"), f.metadata.get("check")
-    problem = bounds.problem(value) if bounds is not None else None
+    problem = bounds.problem(value) if bounds is not None else None  # "must be >= 1, got 0"
     if problem is None and check is not None and value is not None:
         problem = check(value)
+        problem = None if problem is None else f": {problem}"  # "unknown task 'foo'; valid tasks: ..."
     if problem is not None:
-        raise ConfigError(f"{key} {problem}")
+        raise ConfigError(f"{key}{'' if problem.startswith(':') else ' '}{problem}")
 
 
 def section(
