@@ -13,9 +13,21 @@ opdkit plan CONFIG.yaml [section.key=value ...] [--memory-gb 80]   (memory per d
 
 from __future__ import annotations
 
+from enum import IntEnum
+
 import typer
 
 import opdkit
+
+
+class ExitCode(IntEnum):
+    """What ``opdkit`` exits with; a script can rely on these (README "Exit codes")."""
+
+    COMPLETED = 0  # the command did what it was asked (a training run reached its last step)
+    FAILED = 1  # it crashed: an unexpected error (Python's own exit status for an uncaught exception)
+    REFUSED = 2  # bad input refused before any work was lost: config, arguments, data, run directory
+    STOPPED = 3  # a training run stopped early on purpose (e.g. teacher failures); its checkpoint is saved
+
 
 app = typer.Typer(
     name="opdkit",
@@ -32,8 +44,15 @@ def version() -> None:
 
 
 def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
+    line = " ".join(str(message).split()) or "invalid input"  # one line, whatever the message holds
+    typer.secho(f"error: {line}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(ExitCode.REFUSED)
+
+
+def _in_unit_interval(value: float) -> float:
+    if not 0.0 < value <= 1.0:  # also refuses nan
+        raise typer.BadParameter(f"{value} is not in the range 0<x<=1.")
+    return value
 
 
 def _resolve_config_path(config: str) -> str:
@@ -76,9 +95,11 @@ def train(
     try:
         with StepProgress(cfg.steps, title=f"{cfg.method.name} -> {out}") as progress:
             result = run_train(cfg, out, resume=resume, overwrite=overwrite, progress=progress.update)
-    except (RunDirError, ValueError, FileNotFoundError) as exc:
+    except (RunDirError, ValueError, KeyError, FileNotFoundError, ConnectionError) as exc:
         _fail(str(exc))
     typer.echo(f"{result.status} at step {result.last_step}; run directory: {result.run_dir}")
+    if result.status != "completed":  # any early stop (teacher failures, weight health, ...)
+        raise typer.Exit(ExitCode.STOPPED)
 
 
 @app.command("eval")
@@ -91,14 +112,14 @@ def eval_command(
         help="A benchmark name (math500, sciknoweval/chemistry:test, ...), a file, "
         "or 'task' (the synthetic task).",
     ),
-    k: int = typer.Option(16, help="Samples per problem."),
-    temperature: float = typer.Option(0.6, help="Sampling temperature."),
-    top_p: float = typer.Option(0.95, help="Nucleus threshold."),
-    max_new_tokens: int = typer.Option(2048, help="Response limit."),
-    limit: int = typer.Option(0, help="Evaluate the first N problems only (0 = all)."),
+    k: int = typer.Option(16, min=1, help="Samples per problem."),
+    temperature: float = typer.Option(0.6, min=0.0, help="Sampling temperature (0 = greedy)."),
+    top_p: float = typer.Option(0.95, callback=_in_unit_interval, help="Nucleus threshold in (0, 1]."),
+    max_new_tokens: int = typer.Option(2048, min=1, help="Response limit."),
+    limit: int = typer.Option(0, min=0, help="Evaluate the first N problems only (0 = all)."),
     output: str = typer.Option("eval_out", "--output", "-o", help="Where samples.jsonl and summary.json go."),
     task: str = typer.Option("addition", help="With --data task: the synthetic task."),
-    seed: int = typer.Option(0, help="Sampling seed."),
+    seed: int = typer.Option(0, min=0, max=2**63 - 1, help="Sampling seed."),
     device: str = typer.Option("auto", help="cpu, cuda or auto."),
     dtype: str = typer.Option("float32", help="Weights dtype: float32, bfloat16 or float16."),
     chat_template_kwargs: str = typer.Option(
@@ -120,6 +141,9 @@ def eval_command(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from opdkit.eval import EvalSettings, TaskSource, evaluate, resolve_examples, write_eval
+    from opdkit.train.config import ModelConfig, TaskConfig
+    from opdkit.train.configio import check_field, field_of
+    from opdkit.train.preflight import check_model_dir
 
     torch.set_num_threads(1)
     chat_kwargs = _chat_kwargs(chat_template_kwargs)
@@ -128,7 +152,10 @@ def eval_command(
     if batch_size < 1 or kv_cache_tokens < 0:
         _fail(f"--batch-size must be >= 1 and --kv-cache-tokens >= 0, got {batch_size} and {kv_cache_tokens}")
     try:
+        check_field(field_of(ModelConfig, "device"), device, "--device")
+        check_field(field_of(TaskConfig, "name"), task, "--task")
         examples = resolve_examples(data, "eval", TaskSource(name=task))
+        check_model_dir("--model", model)
     except (ValueError, FileNotFoundError, KeyError) as exc:
         _fail(str(exc))
     examples = examples[:limit] if limit else examples

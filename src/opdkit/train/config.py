@@ -29,6 +29,25 @@ from opdkit.train.warmstart import FormatMix, ProbeConfig, WarmStartConfig
 from opdkit.train.warmstart import OptimConfig as SftOptimConfig
 
 
+def _device_problem(name: str) -> str | None:
+    """Why ``name`` is not a torch device string ('auto' allowed), or None."""
+    import torch
+
+    if name == "auto":
+        return None
+    try:
+        torch.device(name)
+    except (RuntimeError, ValueError):
+        return f"{name!r} is not a device; valid: 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'"
+    return None
+
+
+def _task_problem(name: str) -> str | None:
+    from opdkit.tasks import TASKS
+
+    return None if name in TASKS else f"unknown task {name!r}; valid tasks: {', '.join(TASKS.names())}"
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     student: str = doc(
@@ -40,7 +59,9 @@ class ModelConfig:
         "float16 every forward runs under torch.autocast in that dtype (float16 with a dynamic loss scaler); "
         "a local external teacher is loaded in it",
     )
-    device: str = doc("auto", "'cpu', 'cuda', 'cuda:N' or 'auto' (cuda when available)")
+    device: str = doc(
+        "auto", "'cpu', 'cuda', 'cuda:N' or 'auto' (cuda when available)", check=_device_problem
+    )
     hidden_state_losses: bool = doc(
         True, "compute log-probs and divergences from hidden states in token chunks (never full logits)"
     )
@@ -54,15 +75,17 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TaskConfig:
-    name: str = doc("addition", "synthetic task: addition, countdown or sorting")
+    name: str = doc("addition", "synthetic task: addition, countdown or sorting", check=_task_problem)
     style: Literal["boxed", "mcq", "tool"] = doc("boxed", "answer style (selects the verifier family)")
-    difficulty: int | None = doc(2, "difficulty knob (addition: digits; countdown: numbers; sorting: length)")
+    difficulty: int | None = doc(
+        2, "difficulty knob (addition: digits; countdown: numbers; sorting: length)", ge=1
+    )
     instruction: bool = doc(False, "end each question with the style's format instruction")
     train_size: int = doc(
-        2000, "training problems generated (with model.student=tiny: the warm start's pool)"
+        2000, "training problems generated (with model.student=tiny: the warm start's pool)", ge=1
     )
     eval_size: int = doc(
-        100, "held-out problems generated (with model.student=tiny: the warm start's report set)"
+        100, "held-out problems generated (with model.student=tiny: the warm start's report set)", ge=0
     )
 
     def spec(self) -> TaskSpec:
@@ -76,7 +99,7 @@ class DataConfig:
     train: str = doc("task", "'task' (the synthetic task below), a benchmark name or a data file path")
     eval: str = doc("task", "held-out data: 'task', a benchmark name, a file path, or '' for none")
     task: TaskConfig = section(TaskConfig, "the synthetic task used when train/eval is 'task'")
-    max_prompt_tokens: int = doc(2048, "prompts longer than this are rejected with the row named")
+    max_prompt_tokens: int = doc(2048, "prompts longer than this are rejected with the row named", ge=1)
     verifier_options: Mapping[str, Mapping[str, Any]] | None = doc(
         None,
         "options per verifier name for every train/eval row, e.g. {toolcall: {compat_regex: true}} for the "
@@ -86,32 +109,36 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    prompts_per_step: int = doc(16, "Q: questions sampled per step (each gets a fresh group id)")
-    n: int = doc(8, "G: rollouts per question")
-    temperature: float = doc(1.0, "sampling temperature (SDPO family 1.0; SCOPE 0.6)")
-    top_p: float = doc(1.0, "nucleus sampling threshold")
-    top_k: int = doc(0, "top-k sampling (0 = off)")
-    max_new_tokens: int = doc(16, "maximum response length; truncated responses keep their tokens")
+    prompts_per_step: int = doc(16, "Q: questions sampled per step (each gets a fresh group id)", ge=1)
+    n: int = doc(8, "G: rollouts per question", ge=1)
+    temperature: float = doc(1.0, "sampling temperature (SDPO family 1.0; SCOPE 0.6)", gt=0)
+    top_p: float = doc(1.0, "nucleus sampling threshold", gt=0, le=1)
+    top_k: int = doc(0, "top-k sampling (0 = off)", ge=0)
+    max_new_tokens: int = doc(16, "maximum response length; truncated responses keep their tokens", ge=1)
     logprob_temperature: float | None = doc(
         None,
         "temperature of the trainer's log-probs and of the teacher's (None = sampling temperature; §11 A4)",
+        gt=0,
     )
     kv_cache_tokens: int = doc(
         0,
         "key/value cache budget (tokens) of rollouts and evaluation: prompts run in chunks whose rows "
         "x (prompt + max_new_tokens) fit it, with the same samples (0 = half the free device memory)",
+        ge=0,
     )
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    lr: float = doc(1e-4, "AdamW learning rate (papers: GRPO 1e-6, SDPO 1e-5, SRPO 5e-6, SCOPE 5e-5)")
-    weight_decay: float = doc(0.01, "AdamW weight decay")
-    betas: tuple[float, ...] = doc((0.9, 0.999), "AdamW betas")
-    warmup_steps: int = doc(0, "linear warm-up steps, then constant")
-    grad_clip: float = doc(1.0, "global gradient-norm clip (0 = off)")
-    mini_batches: int = doc(1, "optimizer updates per step (1 = on-policy; >1 splits the groups, PPO-style)")
-    micro_batch_size: int = doc(0, "sequences per forward/backward (0 = the whole mini-batch)")
+    lr: float = doc(1e-4, "AdamW learning rate (papers: GRPO 1e-6, SDPO 1e-5, SRPO 5e-6, SCOPE 5e-5)", gt=0)
+    weight_decay: float = doc(0.01, "AdamW weight decay", ge=0)
+    betas: tuple[float, ...] = doc((0.9, 0.999), "AdamW betas", ge=0, lt=1)
+    warmup_steps: int = doc(0, "linear warm-up steps, then constant", ge=0)
+    grad_clip: float = doc(1.0, "global gradient-norm clip (0 = off)", ge=0)
+    mini_batches: int = doc(
+        1, "optimizer updates per step (1 = on-policy; >1 splits the groups, PPO-style)", ge=1
+    )
+    micro_batch_size: int = doc(0, "sequences per forward/backward (0 = the whole mini-batch)", ge=0)
     step_on_empty: bool = doc(
         False,
         "on a step without signal (all advantages 0, no informative question, no teacher scores) still step "
@@ -122,16 +149,19 @@ class OptimConfig:
         0,
         "token budget per forward/backward: rows x (prompt + response width) <= it (0 = off; the smaller "
         "of this and micro_batch_size wins)",
+        ge=0,
     )
     max_update_ratio: float = doc(
         10.0,
         "refuse (roll back) an update whose norm exceeds this multiple of the weights' norm (0 = only refuse "
         "updates that make a weight non-finite); an Adam update is about lr/rms(weights) times the weights",
+        ge=0,
     )
     max_bad_updates: int = doc(
         3,
         "stop the run (after a checkpoint of the last good weights) after this many consecutive updates "
         "refused for non-finite loss/gradient or unhealthy weights (0 = never stop)",
+        ge=0,
     )
 
 
@@ -142,31 +172,38 @@ class TeacherConfig:
     )
     path: str = doc("", "local teacher: model directory ('tiny' = the warm-started strong teacher)")
     url: str = doc("", "server teacher: base URL of an OpenAI-compatible server (opdkit serve-teacher, vLLM)")
-    api_key: str = doc("", "server teacher: bearer key ('' = none)")
-    model: str = doc("", "server teacher: model name sent in requests ('' = the server's first model)")
-    timeout_s: float = doc(60.0, "server teacher: per-request timeout")
-    max_retries: int = doc(4, "server teacher: retries per request (exponential backoff with jitter)")
-    concurrency: int = doc(4, "server teacher: requests in flight")
-    temperature: float | None = doc(
-        None, "teacher log-prob temperature (None = the student's log-prob temperature, §11 A4; 1.0 for vLLM)"
+    api_key: str = doc("", "server teacher: bearer key ('' = none); written to config.yaml as <redacted>")
+    api_key_env: str = doc(
+        "", "server teacher: environment variable holding the bearer key (used when api_key is '')"
     )
-    rows_per_request: int = doc(8, "server teacher: rows batched into one request")
+    model: str = doc("", "server teacher: model name sent in requests ('' = the server's first model)")
+    timeout_s: float = doc(60.0, "server teacher: per-request timeout", gt=0)
+    max_retries: int = doc(4, "server teacher: retries per request (exponential backoff with jitter)", ge=0)
+    concurrency: int = doc(4, "server teacher: requests in flight", ge=1)
+    temperature: float | None = doc(
+        None,
+        "teacher log-prob temperature (None = the student's log-prob temperature, §11 A4; 1.0 for vLLM)",
+        gt=0,
+    )
+    rows_per_request: int = doc(8, "server teacher: rows batched into one request", ge=1)
     max_failed_steps: int = doc(
-        3, "stop the run (after a checkpoint) after this many consecutive steps with failed rows"
+        3, "stop the run (after a checkpoint) after this many consecutive steps with failed rows", ge=1
     )
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    every: int = doc(0, "evaluate every N steps (0 = only at start and end)")
-    k: int = doc(4, "samples per problem (mean@k, pass@k, maj@k)")
-    temperature: float = doc(0.6, "evaluation sampling temperature")
-    top_p: float = doc(0.95, "evaluation nucleus threshold")
-    max_new_tokens: int = doc(0, "evaluation response limit (0 = rollout.max_new_tokens)")
-    num_problems: int = doc(0, "evaluate on the first N problems (0 = all)")
+    every: int = doc(0, "evaluate every N steps (0 = only at start and end)", ge=0)
+    k: int = doc(4, "samples per problem (mean@k, pass@k, maj@k)", ge=1)
+    temperature: float = doc(0.6, "evaluation sampling temperature (0 = greedy)", ge=0)
+    top_p: float = doc(0.95, "evaluation nucleus threshold", gt=0, le=1)
+    max_new_tokens: int = doc(0, "evaluation response limit (0 = rollout.max_new_tokens)", ge=0)
+    num_problems: int = doc(0, "evaluate on the first N problems (0 = all)", ge=0)
     at_start: bool = doc(True, "evaluate before the first step")
     batch_size: int = doc(
-        16, "prompts per evaluation batch (each batch has its own seed; rollout.kv_cache_tokens chunks it)"
+        16,
+        "prompts per evaluation batch (each batch has its own seed; rollout.kv_cache_tokens chunks it)",
+        ge=1,
     )
 
 
@@ -180,7 +217,9 @@ class WarmStartSection:
     ``self_teacher`` templates, cached by a hash of everything here."""
 
     cache_dir: str = doc(".cache/opdkit/warmstart", "where warm-started models are cached by config hash")
-    seed: int = doc(0, "seed of the warm start (independent of the run's seed, so runs share the models)")
+    seed: int = doc(
+        0, "seed of the warm start (independent of the run's seed, so runs share the models)", ge=0
+    )
     model: TinyModelConfig = section(lambda: _WS.model, "architecture of the tiny teacher and student")
     mix: FormatMix = section(lambda: _WS.mix, "prompt formats while training the student")
     teacher_mix: FormatMix = section(lambda: _WS.teacher_mix, "prompt formats after the student checkpoint")
@@ -188,11 +227,13 @@ class WarmStartSection:
     probe: ProbeConfig = section(lambda: _WS.probe, "pass-rate probes that pick the checkpoints")
     report: ProbeConfig = section(lambda: _WS.report, "pass rates reported at the end (held-out)")
     student_target: float = doc(
-        _WS.student_target, "the student is the probed checkpoint nearest this pass rate"
+        _WS.student_target, "the student is the probed checkpoint nearest this pass rate", ge=0, le=1
     )
-    teacher_target: float = doc(_WS.teacher_target, "train the teacher until its pass rate reaches this")
-    eval_every: int = doc(_WS.eval_every, "probe every N supervised steps")
-    max_steps: int = doc(_WS.max_steps, "supervised step limit")
+    teacher_target: float = doc(
+        _WS.teacher_target, "train the teacher until its pass rate reaches this", ge=0, le=1
+    )
+    eval_every: int = doc(_WS.eval_every, "probe every N supervised steps", ge=1)
+    max_steps: int = doc(_WS.max_steps, "supervised step limit", ge=1)
     feedback_detailed: bool = doc(_WS.feedback_detailed, "detailed verifier feedback in feedback prompts")
 
     def to_config(self, task: TaskConfig, template: RepromptTemplate) -> WarmStartConfig:
@@ -216,12 +257,12 @@ def _method_config_type(raw: Mapping) -> type:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    seed: int = doc(0, "seed of sampling, data order and initialisation")
-    steps: int = doc(50, "training steps")
-    threads: int = doc(1, "torch intra-op threads on CPU (1 is fastest on a busy 2-core machine)")
-    log_every: int = doc(1, "write metrics every N steps")
-    checkpoint_every: int = doc(0, "save a checkpoint every N steps (0 = only at the end)")
-    keep_checkpoints: int = doc(2, "how many recent checkpoints to keep")
+    seed: int = doc(0, "seed of sampling, data order and initialisation", ge=0, lt=2**63)
+    steps: int = doc(50, "training steps", ge=1)
+    threads: int = doc(1, "torch intra-op threads on CPU (1 is fastest on a busy 2-core machine)", ge=1)
+    log_every: int = doc(1, "write metrics every N steps", ge=1)
+    checkpoint_every: int = doc(0, "save a checkpoint every N steps (0 = only at the end)", ge=0)
+    keep_checkpoints: int = doc(2, "how many recent checkpoints to keep", ge=1)
     model: ModelConfig = section(ModelConfig, "student model")
     data: DataConfig = section(DataConfig, "training and evaluation data")
     rollout: RolloutConfig = section(RolloutConfig, "sampling of the student's rollouts")
@@ -238,6 +279,15 @@ class TrainConfig:
     verl: Mapping[str, Any] | None = doc(
         None, "cluster settings read by 'opdkit verl-config' (see docs/verl.md); ignored by 'opdkit train'"
     )
+
+    def __post_init__(self) -> None:
+        """Combinations of keys (each key's own range is checked by ``from_dict``)."""
+        needed = METHODS.get(self.method.name).min_group_size
+        if self.rollout.n < needed:
+            raise ConfigError(
+                f"rollout.n={self.rollout.n}: method {self.method.name} compares each rollout with its "
+                f"group (advantages, pass rates or siblings), so it needs rollout.n >= {needed}"
+            )
 
 
 def config_from_dict(raw: Mapping[str, Any], overrides: Sequence[str] = ()) -> TrainConfig:

@@ -15,6 +15,7 @@ Overrides use dotted paths with YAML-typed values: ``["rollout.n=8", "method.tau
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -27,11 +28,75 @@ class ConfigError(ValueError):
     """A configuration problem; the message names the key and the valid choices."""
 
 
-def doc(default: Any, help: str, **kwargs: Any) -> Any:
-    """A dataclass field with its documentation (``metadata["help"]``)."""
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """The valid range of a numeric field (each element of a tuple field), declared next to the field.
+
+    ``ge``/``gt``/``le``/``lt``: inclusive/exclusive limits (None = none); a bounded number must be finite.
+    ``None`` values of an optional field are not checked.
+    """
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is out of range, or None when it is in range."""
+        if isinstance(value, (list, tuple)):
+            return next((p for p in map(self.problem, value) if p is not None), None)
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        limits = ((self.ge, ">=", lambda x: value >= x), (self.gt, ">", lambda x: value > x),
+                  (self.le, "<=", lambda x: value <= x), (self.lt, "<", lambda x: value < x))  # fmt: skip
+        wanted = [f"{op} {limit:g}" for limit, op, ok in limits if limit is not None and not ok(limit)]
+        if isinstance(value, float) and not math.isfinite(value):
+            wanted.insert(0, "finite")
+        return f"must be {' and '.join(wanted)}, got {value!r}" if wanted else None
+
+    def describe(self) -> str:
+        parts = [f"{op} {v:g}" for v, op in ((self.ge, ">="), (self.gt, ">"), (self.le, "<="), (self.lt, "<"))
+                 if v is not None]  # fmt: skip
+        return " and ".join(parts)
+
+
+def doc(
+    default: Any,
+    help: str,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    check: Callable[[Any], str | None] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """A dataclass field with its documentation (``metadata["help"]``) and its valid values.
+
+    ``ge``/``gt``/``le``/``lt`` declare the numeric range (``Bounds``); ``check(value) -> problem or None``
+    any other rule (e.g. a registry name). ``from_dict`` enforces both, naming the key.
+    """
     if isinstance(default, (list, dict, set)):
         raise TypeError("mutable defaults: use a tuple or default_factory")
-    return dataclasses.field(default=default, metadata={"help": help, **kwargs})
+    bounds = Bounds(ge, gt, le, lt) if (ge, gt, le, lt) != (None, None, None, None) else None
+    metadata = {"help": help, "bounds": bounds, "check": check, **kwargs}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def field_of(cls: type, name: str) -> dataclasses.Field:
+    """The dataclass field ``name`` of ``cls`` (to check a value against its declared bounds elsewhere)."""
+    return next(f for f in dataclasses.fields(cls) if f.name == name)
+
+
+def check_field(f: dataclasses.Field, value: Any, key: str) -> None:
+    """Raise ``ConfigError`` naming ``key`` when ``value`` breaks the field's declared bounds or check."""
+    bounds, check = f.metadata.get("bounds"), f.metadata.get("check")
+    problem = bounds.problem(value) if bounds is not None else None  # "must be >= 1, got 0"
+    if problem is None and check is not None and value is not None:
+        problem = check(value)
+        problem = None if problem is None else f": {problem}"  # "unknown task 'foo'; valid tasks: ..."
+    if problem is not None:
+        raise ConfigError(f"{key}{'' if problem.startswith(':') else ' '}{problem}")
 
 
 def section(
@@ -123,8 +188,11 @@ def from_dict(cls: type, raw: Mapping[str, Any] | None, path: str = "") -> Any:
             kwargs[name] = from_dict(sub_cls, value, key)
         else:
             kwargs[name] = _coerce(value, hints[name], key)
+            check_field(f, kwargs[name], key)
     try:
         return cls(**kwargs)
+    except ConfigError:
+        raise  # already names its key
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{path or 'config'}: {exc}") from None
 
@@ -183,6 +251,23 @@ def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key written twice in one mapping (YAML would keep the last)."""
+
+
+def _unique_keys_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(f"duplicate key {key!r} (line {key_node.start_mark.line + 1})")
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_keys_mapping)
+
+
 def load_yaml(path: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
     """Read a YAML mapping; a parse error names the file.
 
@@ -195,13 +280,15 @@ def load_yaml(path: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"{path}: 'base' files form a cycle: {' -> '.join(_seen)}")
     try:
         with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
+            data = yaml.load(fh, Loader=_StrictLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: {exc.strerror}") from None
-    if data is None:
-        return {}
+    if data is None:  # an empty file would silently train with every default
+        raise ConfigError(f"{path}: the file is empty; give at least one setting (or base: a preset)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     parent = data.pop("base", None)
@@ -224,5 +311,7 @@ def describe(cls: type, prefix: str = "") -> list[str]:
             lines.append(f"{key}:  # {f.metadata.get('help', '')}")
             lines.extend(describe(type(value), prefix=f"{key}."))
         else:
-            lines.append(f"{key} = {value!r}  # {f.metadata.get('help', '')}")
+            bounds = f.metadata.get("bounds")
+            valid = f" [{bounds.describe()}]" if bounds is not None else ""
+            lines.append(f"{key} = {value!r}  # {f.metadata.get('help', '')}{valid}")
     return lines

@@ -11,7 +11,7 @@ Each step (docs/architecture.md "The training loop"):
 5. ``run_updates``: loss, optimizer step(s), EMA self-teacher update — skipped when the method says the step
    carries no signal (e.g. SC-SDPO with no informative question; ``optim.step_on_empty`` steps on a zero
    gradient instead, as the reference trainers do) or the loss/gradient is not finite;
-6. log one row to ``metrics.jsonl``; evaluate and checkpoint at fixed steps.
+6. log one row to ``metrics.jsonl``; checkpoint, then evaluate (added to the step's row) at fixed steps.
 
 Usage::
 
@@ -45,6 +45,7 @@ from opdkit.train.checkpoint import (
 from opdkit.train.config import TrainConfig
 from opdkit.train.methods import METHODS, MethodContext
 from opdkit.train.precision import LossScaler, autocast, compute_dtype
+from opdkit.train.preflight import preflight
 from opdkit.train.rollouts import RolloutRequest, collect_rollouts
 from opdkit.train.rundir import RunDir
 from opdkit.train.setup import (
@@ -92,6 +93,7 @@ def train(
         torch.set_num_threads(cfg.threads)
     _quiet_transformers()
     seed_everything(cfg.seed)
+    preflight(cfg)  # data, verifiers, models, teacher: checked before the run directory exists
     if resume:  # a killed save's folder must not keep a full disk full while the resume writes config.yaml
         remove_partial_checkpoints(Path(run_dir))
     run = RunDir.open(run_dir, cfg, resume=resume, overwrite=overwrite)
@@ -184,9 +186,6 @@ def train(
             "train/lr": scheduler.get_last_lr()[0],
             "teacher/consecutive_failed_steps": float(teacher_failures),
         }
-        if _due(step, cfg.eval.every, cfg.steps) and data.eval:
-            last_eval = _evaluate(cfg, run, models, data, step)
-            row.update(_eval_row(last_eval))
         row.update({"time/rollout_s": t1 - t0, "time/prepare_s": t2 - t1, "time/update_s": t3 - t2,
                     "time/step_s": time.perf_counter() - t0})  # fmt: skip
         if step % max(1, cfg.log_every) == 0 or step == cfg.steps:
@@ -204,6 +203,10 @@ def train(
         if bad_weights:
             status = f"stopped: {bad_streak} consecutive updates refused (last: {stats.refusal})"
             return TrainResult(run.path, step, status, last_eval)
+        # evaluation after the step's row and checkpoint, so a crash in it loses no training
+        if _due(step, cfg.eval.every, cfg.steps) and data.eval:
+            last_eval = _evaluate(cfg, run, models, data, step)
+            run.add_to_step(step, _eval_row(last_eval))
         if stop:
             status = f"stopped: teacher failed on {teacher_failures} consecutive steps"
             return TrainResult(run.path, step, status, last_eval)

@@ -8,6 +8,14 @@
 
 A run directory is never overwritten unless asked (``overwrite=True`` deletes it first); ``resume=True``
 keeps it and truncates ``metrics.jsonl`` to the resumed checkpoint's step so rows are never duplicated.
+
+Safety rules (docs/reliability.md):
+- ``overwrite`` deletes only a folder that is recognisably a run directory (``config.yaml`` and nothing but
+  the entries of ``RUN_ENTRIES``), never the working folder, one of its ancestors, the home folder or ``/``.
+- A folder holding only ``config.yaml``/``provenance.json`` (a run that failed before its first step) does
+  not block a plain re-run: nothing in it is lost by starting again.
+- ``resume`` refuses a config that differs from the saved one except in ``RESUMABLE_KEYS``.
+- Keys named ``api_key`` are written to ``config.yaml`` as ``<redacted>``.
 """
 
 from __future__ import annotations
@@ -28,7 +36,82 @@ from opdkit.train.configio import to_dict
 
 
 class RunDirError(FileExistsError):
-    """The run directory exists and neither resume nor overwrite was asked for."""
+    """The run directory cannot be used as asked: it exists and neither resume nor overwrite was asked for,
+    ``overwrite`` points at something that is not a run directory, or ``resume`` changes the config."""
+
+
+# What a run directory holds at its top level (see the module docstring); ``plots`` is ``opdkit plot``'s
+# default output. Hidden files starting with one of these names are their atomic-write temporaries.
+RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "eval", "checkpoints", "provenance.json", "plots")
+# Written before the first step: a folder holding only these lost nothing if it is started again.
+_SETUP_ENTRIES = ("config.yaml", "provenance.json")
+# Keys a resumed run may change: how long it runs and how often it logs, evaluates and saves, and how the
+# teacher server is reached. Any other change would make the saved config claim values that did not run.
+RESUMABLE_KEYS = (
+    "steps", "log_every", "checkpoint_every", "keep_checkpoints", "eval.every", "eval.at_start",
+    "teacher.api_key", "teacher.api_key_env", "teacher.timeout_s", "teacher.max_retries",
+)  # fmt: skip
+REDACTED = "<redacted>"
+
+
+def _entry_known(name: str, known: tuple[str, ...]) -> bool:
+    return name in known or any(name.startswith(f".{k}.") for k in known)
+
+
+def _holds_only(path: Path, known: tuple[str, ...]) -> bool:
+    return all(_entry_known(entry.name, known) for entry in path.iterdir())
+
+
+def check_deletable(path: Path) -> None:
+    """Raise ``RunDirError`` unless ``path`` may be deleted by ``overwrite`` (see the module docstring)."""
+    target = path.resolve()
+    cwd = Path.cwd().resolve()
+    protected = {Path("/").resolve(), Path.home().resolve(), cwd, *cwd.parents}
+    if target in protected:
+        raise RunDirError(f"--overwrite refuses to delete {path}: it is the working folder, one of its "
+                          "parents, the home folder or /; choose another --output")  # fmt: skip
+    if not target.is_dir() or not (target / "config.yaml").is_file() or not _holds_only(target, RUN_ENTRIES):
+        foreign = sorted(e.name for e in target.iterdir() if not _entry_known(e.name, RUN_ENTRIES))[:3]
+        raise RunDirError(
+            f"--overwrite refuses to delete {path}: not an opdkit run directory (it needs config.yaml and "
+            f"only {', '.join(RUN_ENTRIES)}{'; found ' + ', '.join(foreign) if foreign else ''})"
+        )
+
+
+def redact(raw: Any) -> Any:
+    """A copy of a nested config dict with every non-empty ``api_key`` replaced by ``REDACTED``."""
+    if isinstance(raw, dict):
+        return {k: REDACTED if k == "api_key" and v else redact(v) for k, v in raw.items()}
+    return raw
+
+
+def _flat(raw: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        return {prefix: raw}
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def config_changes(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Dotted keys whose value differs between two config dicts (keys missing on either side are skipped:
+    a key added by a newer opdkit has its default, the value the saved run used)."""
+    old, cur = _flat(redact(saved)), _flat(redact(new))
+    return sorted(k for k in old.keys() & cur.keys() if old[k] != cur[k])
+
+
+def _check_resume_config(path: Path, new: dict[str, Any]) -> None:
+    saved_path = path / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}
+    refused = [k for k in config_changes(saved, new) if k not in RESUMABLE_KEYS and not k.startswith("verl.")]
+    if refused:
+        raise RunDirError(
+            f"--resume refuses a config that differs from {saved_path} in: {', '.join(refused)} "
+            f"(only {', '.join(RESUMABLE_KEYS)} may change); start a new run or use the saved values"
+        )
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -57,15 +140,20 @@ class RunDir:
     @classmethod
     def open(cls, path: str | Path, config: Any, *, resume: bool = False, overwrite: bool = False) -> RunDir:
         run = cls(Path(path))
-        if run.path.exists() and any(run.path.iterdir()) and not resume:
-            if not overwrite:
+        raw = redact(to_dict(config))
+        if run.path.exists() and resume:
+            _check_resume_config(run.path, raw)
+        elif run.path.exists() and any(run.path.iterdir()):
+            never_started = run.path.is_dir() and _holds_only(run.path, _SETUP_ENTRIES)
+            if not (overwrite or never_started):
                 raise RunDirError(
                     f"run directory {run.path} already exists; pass --resume to continue it or --overwrite "
                     "to replace it"
                 )
+            check_deletable(run.path)
             shutil.rmtree(run.path)
         run.path.mkdir(parents=True, exist_ok=True)
-        _atomic_write(run.path / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
+        _atomic_write(run.path / "config.yaml", yaml.safe_dump(raw, sort_keys=False))
         if not (run.path / "provenance.json").exists():
             _atomic_write(run.path / "provenance.json", json.dumps(_provenance(), indent=2) + "\n")
         return run
@@ -78,6 +166,22 @@ class RunDir:
         with open(self.metrics_path, "a", encoding="utf-8") as fh:
             fh.write(line + "\n")
             fh.flush()
+
+    def add_to_step(self, step: int, values: dict[str, Any]) -> None:
+        """Merge ``values`` into the last row when it is ``step``'s (rewritten atomically), else append a row
+        ``{"step": step, **values}``: evaluation results join their step's row after its checkpoint."""
+        lines = (
+            self.metrics_path.read_text(encoding="utf-8").splitlines() if self.metrics_path.exists() else []
+        )
+        try:
+            last = json.loads(lines[-1]) if lines else {}
+        except json.JSONDecodeError:
+            last = {}
+        if last.get("step") != step:
+            self.log({"step": step, **values})
+            return
+        lines[-1] = json.dumps({**last, **{k: _json_safe(v) for k, v in values.items()}})
+        _atomic_write(self.metrics_path, "".join(line + "\n" for line in lines))
 
     def sync(self) -> None:
         """Force the metrics written so far to disk (survives a machine crash, not only a killed process)."""

@@ -6,6 +6,7 @@ Kept out of ``loop.py`` so that the loop itself reads top to bottom.
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -157,11 +158,16 @@ def _local_options(t: Any, models: Models, device: torch.device, temperature: fl
     return {"path": path, "device": str(device), "temperature": temperature, "dtype": models.dtype}
 
 
+def server_api_key(t: Any) -> str | None:
+    """The teacher server's key: ``teacher.api_key``, else the variable ``teacher.api_key_env``, else none."""
+    return t.api_key or (os.environ.get(t.api_key_env) if t.api_key_env else None) or None
+
+
 def _server_options(t: Any, models: Models, device: torch.device, temperature: float) -> dict[str, Any]:
     if not t.url:
         raise ValueError("teacher.kind=server needs teacher.url")
     return {
-        "url": t.url, "model": t.model or None, "api_key": t.api_key or None, "timeout_s": t.timeout_s,
+        "url": t.url, "model": t.model or None, "api_key": server_api_key(t), "timeout_s": t.timeout_s,
         "max_retries": t.max_retries, "max_concurrency": t.concurrency,
         "rows_per_request": t.rows_per_request,
         "temperature": temperature,

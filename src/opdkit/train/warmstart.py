@@ -19,7 +19,9 @@ a 0.5 M-parameter model goes from 0 to ~35 % sampled accuracy in a few hundred s
 
 Results live in ``<cache_dir>/<hash>/{student,teacher,report.json,config.json}``; the hash covers the config
 and ``WARMSTART_VERSION``. The folder is written under a temporary name and renamed when complete, so a
-killed run never leaves a half-written cache entry. Call with one intra-op thread on CPU
+killed run never leaves a half-written cache entry; the temporary name carries the writer's process id, and
+the next warm start in the same cache removes the temporary folders of processes that no longer run. Call
+with one intra-op thread on CPU
 (``torch.set_num_threads(1)``)::
 
     result = warm_start(WarmStartConfig(), cache_dir=".cache/opdkit/warmstart")
@@ -177,6 +179,30 @@ def _result(path: Path, cached: bool) -> WarmStartResult:
     return WarmStartResult(path, path / "student", path / "teacher", report, cached)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: existence check only
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def remove_stale_temporaries(cache_dir: Path) -> list[Path]:
+    """Delete ``.<hash>.tmp-<pid>-*`` folders whose writer process is gone (killed mid warm start) -> them.
+
+    A folder of a live process (another run warming up the same cache) is left alone.
+    """
+    removed = []
+    for entry in Path(cache_dir).glob(".*.tmp-*"):
+        pid_text = entry.name.rpartition(".tmp-")[2].partition("-")[0]
+        if entry.is_dir() and pid_text.isdigit() and not _pid_alive(int(pid_text)):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
 def warm_start(
     config: WarmStartConfig = WarmStartConfig(),
     *,
@@ -190,7 +216,8 @@ def warm_start(
     if (final / "report.json").is_file():
         return _result(final, cached=True)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    remove_stale_temporaries(final.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
     try:
         report = run_warm_start(config, tmp, log or (lambda message: None))
         (tmp / "config.json").write_text(json.dumps(asdict(config), indent=2, sort_keys=True))

@@ -59,6 +59,9 @@ class Method:
     uses_teacher: bool = False
     uses_self_teacher: bool = False
     description: str = ""
+    # rollouts per question the method needs: 2 where a rollout is compared with its group's siblings
+    # (group-normalised advantages, pass-rate weights, sibling demonstrations); checked at config load
+    min_group_size: int = 1
 
     def needs_old_logp(self, cfg: Any) -> bool:
         """Whether ``prepare`` or an on-policy ``loss`` needs ``batch.old_logp_N_T``.

@@ -80,6 +80,7 @@ def policy_gradient_loss(
 
 class Grpo(Method):
     config_type = GrpoConfig
+    min_group_size = 2
     description = "GRPO: group-normalised outcome advantage, PPO clip (§2)"
 
     def needs_old_logp(self, cfg: GrpoConfig) -> bool:

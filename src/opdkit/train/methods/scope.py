@@ -130,6 +130,7 @@ def _weights(
 
 class Scope(Method):
     config_type = ScopeConfig
+    min_group_size = 2
     uses_teacher = True
     description = "SCOPE: correct -> PPL_S-weighted MLE, wrong -> PPL_T-weighted OPD (§5)"
 

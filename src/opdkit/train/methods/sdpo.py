@@ -222,6 +222,7 @@ def _pass_rates_P(batch: StepBatch) -> torch.Tensor:
 
 class ScSdpo(Sdpo):
     config_type = ScSdpoConfig
+    min_group_size = 2
     description = "SC-SDPO: SDPO × (p(1−p))^α normalised to mean 1 over informative questions (§6)"
 
     def question_weights(self, cfg: ScSdpoConfig, batch, ctx):
@@ -230,6 +231,7 @@ class ScSdpo(Sdpo):
 
 class SdpoHardFilter(Sdpo):
     config_type = HardFilterConfig
+    min_group_size = 2
     description = "SDPO with a hard filter: only questions with 0 < p < 1 (§6.4)"
 
     def question_weights(self, cfg, batch, ctx):

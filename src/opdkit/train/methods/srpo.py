@@ -78,6 +78,7 @@ _ENTROPY = {
 
 class Srpo(Method):
     config_type = SrpoConfig
+    min_group_size = 2
     uses_self_teacher = True
     description = "SRPO: failed-with-correct-sibling -> entropy-weighted SDPO, others -> GRPO (§7.4)"
 
