@@ -18,11 +18,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import start_server, stop_server
 from opdkit.serve import ServeConfig
 from opdkit.serve.batcher import Batcher
 from opdkit.serve.engine import RowRequest, ScoringEngine
 from opdkit.teachers.server import ServerTeacher, ServerTeacherConfig
+from server_process import start_server, stop_server
 
 MAX_BODY = 20_000
 MAX_ENTRIES = 5_000

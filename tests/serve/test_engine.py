@@ -6,7 +6,7 @@ import asyncio
 
 import torch
 
-from conftest import local_logprobs
+from lm_fixtures import local_logprobs
 from opdkit.serve.batcher import Batcher
 from opdkit.serve.engine import RowRequest, ScoringEngine
 

@@ -8,7 +8,7 @@ import threading
 import httpx
 import pytest
 
-from conftest import SERVER_API_KEY, local_logprobs
+from lm_fixtures import SERVER_API_KEY, local_logprobs
 from opdkit.teachers.fingerprint import tokenizer_fingerprint
 
 PROMPTS = [

@@ -8,9 +8,10 @@ import pytest
 import torch
 from fault_proxy import FaultProxy
 
-from conftest import SERVER_API_KEY, build_tiny_lm, free_port, local_logprobs
+from lm_fixtures import SERVER_API_KEY, build_tiny_lm, local_logprobs
 from opdkit.teachers.base import TEACHERS
 from opdkit.teachers.server import ServerTeacher, ServerTeacherConfig, make_server_teacher
+from server_process import free_port
 
 PROMPTS = [[1, 4, 5, 6], [1, 7], [1, 8, 9, 10, 11, 12], [1, 13, 14]]
 RESPONSES = [[20, 21, 2], [22], [23, 24, 25, 26, 2], []]  # the last row has nothing to score

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from fault_proxy import FaultProxy
 
-from conftest import start_server, stop_server
 from opdkit.train.config import load_config
 from opdkit.train.loop import train
+from server_process import start_server, stop_server
 
 pytestmark = pytest.mark.slow
 

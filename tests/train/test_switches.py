@@ -42,5 +42,9 @@ def test_a_teacher_server_down_at_start_is_one_error_line(overrides, tmp_path):
     args = [*overrides("opd"), "teacher.kind=server", f"teacher.url={url}", "teacher.max_retries=0"]
     result = CliRunner().invoke(app, ["train", "tiny/opd", *args, "--output", str(tmp_path / "run")])
     assert result.exit_code == 2, result.output
-    assert "error: the teacher is not reachable" in result.output and url in result.output
+    # checked before the run directory exists (train.preflight), with the key named
+    assert (
+        "error: teacher.url:" in result.output and "not reachable" in result.output and url in result.output
+    )
+    assert not (tmp_path / "run").exists()
     assert "Traceback" not in result.output
