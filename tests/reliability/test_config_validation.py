@@ -162,3 +162,20 @@ def test_eval_arguments_are_checked(args, expected, data_file, model_dirs, tmp_p
 def test_eval_with_a_missing_model_names_it(data_file, tmp_path):
     result = invoke("eval", "--model", tmp_path / "no_model", "--data", data_file, "--k", 1)
     assert_clean_refusal(result, "--model", "no_model")
+
+
+@pytest.mark.parametrize(
+    "method, override, expected",
+    [
+        ("sdpo_paced", "method.offline_samples=1", "method.offline_samples must be >= 2"),
+        ("sdpo_paced", "method.offline_temperature=0", "method.offline_temperature must be > 0"),
+        ("sc_sdpo", "method.sc_alpha=-1", "method.sc_alpha must be >= 0"),
+        ("sdpo", "method.alpha=1.5", "method.alpha must be <= 1"),
+        ("sdpo", "method.top_k=0", "method.top_k must be >= 1"),
+        ("scope", "method.tau=0", "method.tau must be > 0"),
+    ],
+)
+def test_method_parameters_have_ranges_too(method, override, expected):
+    # PACED's p0 from one offline sample is 0 or 1, so p0(1-p0) = 0 for every question: no signal at all
+    with pytest.raises(ConfigError, match=expected):
+        load_config(None, [f"method.name={method}", override])

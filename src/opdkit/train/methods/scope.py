@@ -25,7 +25,7 @@ Example::
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -35,19 +35,20 @@ from opdkit.core.objectives import ClipConfig, ScopeDenominators, ScopeInputs, s
 from opdkit.core.registry import Registry
 from opdkit.core.weights import SCOPE_SIGN_PRESETS, ScopeWeights, scope_weights
 from opdkit.train.batch import Prepared, StepBatch
+from opdkit.train.configio import doc
 from opdkit.train.forward import policy_logp
 from opdkit.train.methods.base import Method, MethodConfig, MethodContext, weight_stats
 from opdkit.train.methods.policy import score_with_teacher, teacher_metrics
 
 
-def _f(default, help: str):
-    return field(default=default, metadata={"help": help})
+def _f(default, help: str, **bounds: float):
+    return doc(default, help, **bounds)  # bounds: ge/gt/le/lt, checked when the config is loaded
 
 
 @dataclass(frozen=True)
 class ScopeConfig(MethodConfig):
     name: str = _f("scope", "the method")
-    tau: float = _f(1.0, "softmax temperature τ of both paths")
+    tau: float = _f(1.0, "softmax temperature τ of both paths", gt=0)
     sign_preset: str = _f("paper", "exponent signs: 'paper' or 'released_scripts' (§5.6, §11 A1)")
     student_exponent: float | None = _f(None, "override: correct-path weight ∝ PPL_S^(e/τ)")
     teacher_exponent: float | None = _f(None, "override: wrong-path weight ∝ PPL_T^(e/τ)")
@@ -57,8 +58,8 @@ class ScopeConfig(MethodConfig):
     use_student_weights: bool = _f(True, "False: weight 1 on correct rollouts")
     use_teacher_weights: bool = _f(True, "False: weight 1 on wrong rollouts")
     dual_path: bool = _f(True, "False: plain OPD on every rollout, no MLE path")
-    clip_low: float = _f(0.2, "PPO lower clip")
-    clip_high: float = _f(0.2, "PPO upper clip (SCOPE uses verl's 0.2)")
+    clip_low: float = _f(0.2, "PPO lower clip", ge=0)
+    clip_high: float = _f(0.2, "PPO upper clip (SCOPE uses verl's 0.2)", ge=0)
     dual_clip: float | None = _f(3.0, "dual-clip constant (None = off)")
     loss_averaging: str = _f(
         "minibatch", "'minibatch' (token means over the mini-batch) or 'microbatch' (the released code's "

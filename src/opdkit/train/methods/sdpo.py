@@ -13,7 +13,7 @@ A step whose question weights are all zero makes no update and no EMA update (§
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -33,6 +33,7 @@ from opdkit.core.sequence import left_pad, token_logp
 from opdkit.core.weights import hard_filter_weights, paced_weights, pass_rate_weights
 from opdkit.teachers.self_teacher import RolloutTexts, build_teacher_context
 from opdkit.train.batch import Prepared, StepBatch, old_or_current
+from opdkit.train.configio import doc
 from opdkit.train.forward import (
     PolicyOutput,
     self_teacher_hidden,
@@ -44,17 +45,19 @@ from opdkit.train.forward import (
 from opdkit.train.methods.base import Method, MethodConfig, MethodContext, weight_stats
 
 
-def _f(default, help: str):
-    return field(default=default, metadata={"help": help})
+def _f(default, help: str, **bounds: float):
+    return doc(default, help, **bounds)  # bounds: ge/gt/le/lt, checked when the config is loaded
 
 
 @dataclass(frozen=True)
 class SdpoConfig(MethodConfig):
     name: str = _f("sdpo", "the method")
-    alpha: float = _f(0.5, "divergence: 0 forward KL, 1 reverse KL, else generalised JSD (0.5 symmetric)")
-    top_k: int | None = _f(100, "distil on the student's top-k support (None = full vocabulary)")
+    alpha: float = _f(
+        0.5, "divergence: 0 forward KL, 1 reverse KL, else generalised JSD (0.5 symmetric)", ge=0, le=1
+    )
+    top_k: int | None = _f(100, "distil on the student's top-k support (None = full vocabulary)", ge=1)
     tail: bool = _f(True, "append the tail bucket to the top-k support (else renormalise over k)")
-    is_clip: float | None = _f(2.0, "importance-ratio cap min(π_θ/π_old, c) on the loss (None = off)")
+    is_clip: float | None = _f(2.0, "importance-ratio cap min(π_θ/π_old, c) on the loss (None = off)", gt=0)
     full_logit: bool = _f(True, "False: sampled-token surrogate sg(logp − logp_T)·logp (needs alpha = 1)")
     agg: str = _f("seq-mean-token-mean", "aggregation mode (§2.3)")
     denominator: str = _f("per_sequence_all", "'per_sequence_all' (reference, §11 A8) or 'valid'")
@@ -73,7 +76,7 @@ class SdpoConfig(MethodConfig):
 @dataclass(frozen=True)
 class ScSdpoConfig(SdpoConfig):
     name: str = _f("sc_sdpo", "the method")
-    sc_alpha: float = _f(0.5, "exponent α of (p(1−p))^α (0.5 scale-consistent, 1.0 variance)")
+    sc_alpha: float = _f(0.5, "exponent α of (p(1−p))^α (0.5 scale-consistent, 1.0 variance)", ge=0)
 
 
 @dataclass(frozen=True)
@@ -84,10 +87,12 @@ class HardFilterConfig(SdpoConfig):
 @dataclass(frozen=True)
 class PacedConfig(SdpoConfig):
     name: str = _f("sdpo_paced", "the method")
-    offline_samples: int = _f(8, "n0: samples per training question for the offline pass rate")
-    offline_temperature: float = _f(1.0, "sampling temperature of the offline pass")
-    kernel_a: float = _f(1.0, "Beta kernel p^a (1−p)^b: a")
-    kernel_b: float = _f(1.0, "Beta kernel p^a (1−p)^b: b")
+    offline_samples: int = _f(
+        8, "n0: samples per training question for the offline pass rate (>= 2: a fractional p0)", ge=2
+    )
+    offline_temperature: float = _f(1.0, "sampling temperature of the offline pass", gt=0)
+    kernel_a: float = _f(1.0, "Beta kernel p^a (1−p)^b: a", ge=0)
+    kernel_b: float = _f(1.0, "Beta kernel p^a (1−p)^b: b", ge=0)
 
 
 @dataclass(frozen=True)
