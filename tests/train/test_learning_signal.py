@@ -58,10 +58,11 @@ class StepZero:
 
 @pytest.fixture(scope="module")
 def step_zero(warm_cache: Path, tmp_path_factory) -> StepZero:
-    """Step-0 mean@4 of the warm-started student over three sampling seeds (no training: steps=0)."""
+    """Step-0 mean@4 of the warm-started student over three sampling seeds (the step-0 row, evaluated before
+    the first update; steps=1 because a run must train at least one step)."""
     values = []
     for seed in (0, 1, 2):
-        rows = _run("opd", warm_cache, tmp_path_factory.mktemp(f"noise{seed}"), "steps=0", f"seed={seed}")
+        rows = _run("opd", warm_cache, tmp_path_factory.mktemp(f"noise{seed}"), "steps=1", f"seed={seed}")
         values.append(rows[0]["eval/mean@4"])
     print(f"step-0 mean@4 over seeds 0-2: {values}")
     return StepZero(statistics.mean(values), statistics.stdev(values))
