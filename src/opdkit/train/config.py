@@ -96,8 +96,10 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class TeacherConfig:
-    kind: Literal["none", "local", "server"] = doc(
-        "none", "external teacher for opd/scope: a local model, an HTTP server, or none"
+    kind: Literal["none", "local", "server", "unreliable"] = doc(
+        "none",
+        "external teacher for opd/scope: a local model, an HTTP server, none, or 'unreliable' (a local model "
+        "confidently wrong on teacher.wrong_fraction of the questions; teachers.unreliable)",
     )
     path: str = doc("", "local teacher: model directory ('tiny' = the warm-started strong teacher)")
     url: str = doc("", "server teacher: base URL of an OpenAI-compatible server (opdkit serve-teacher, vLLM)")
@@ -110,6 +112,7 @@ class TeacherConfig:
         None, "teacher log-prob temperature (None = the student's log-prob temperature, §11 A4; 1.0 for vLLM)"
     )
     rows_per_request: int = doc(8, "server teacher: rows batched into one request")
+    wrong_fraction: float = doc(0.5, "unreliable teacher: share of the questions it is wrong on")
     max_failed_steps: int = doc(
         3, "stop the run (after a checkpoint) after this many consecutive steps with failed rows"
     )
