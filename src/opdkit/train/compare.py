@@ -235,10 +235,13 @@ def _warm_start_once(cfgs: Sequence[Any], log: Callable[[str], None]) -> None:
     from opdkit.train.warmstart import warm_start
 
     torch.set_num_threads(1)
+    done = set()
     for cfg in cfgs:
-        if cfg.model.student == "tiny":
-            result = warm_start(warmstart_config(cfg), cache_dir=cfg.warmstart.cache_dir, log=log)
+        ws = warmstart_config(cfg)
+        if cfg.model.student == "tiny" and (cfg.warmstart.cache_dir, ws.cache_key()) not in done:
+            result = warm_start(ws, cache_dir=cfg.warmstart.cache_dir, log=log)
             log(f"warm start {'cached' if result.cached else 'done'}: {result.path}")
+            done.add((cfg.warmstart.cache_dir, ws.cache_key()))
 
 
 def run_arms(plan: ComparePlan, out_dir: str | Path, log: Callable[[str], None] = print) -> None:
