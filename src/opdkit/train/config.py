@@ -44,7 +44,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TaskConfig:
-    name: str = doc("addition", "synthetic task: addition, countdown or sorting")
+    name: str = doc("addition", "synthetic task: addition, addition_mix, countdown or sorting")
     style: Literal["boxed", "mcq", "tool"] = doc("boxed", "answer style (selects the verifier family)")
     difficulty: int | None = doc(2, "difficulty knob (addition: digits; countdown: numbers; sorting: length)")
     instruction: bool = doc(False, "end each question with the style's format instruction")
