@@ -131,7 +131,7 @@ def compare_paired(
     else:
         verdict = "no difference detectable at this budget"
         if min_p > alpha:
-            reason = f"{d.size} pairs cannot reach p <= {alpha:.3g} (smallest sign-flip p: {min_p:.3g})"
+            reason = f"{d.size} pairs cannot reach p <= {alpha:.3g}: the smallest sign-flip p is {min_p:.3g}"
         elif excludes_zero:
             reason = f"the interval excludes 0 but the sign-flip test does not reject (p = {p:.3g})"
         else:
