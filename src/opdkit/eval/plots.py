@@ -151,9 +151,32 @@ def draw_band(ax, band: Band, label: str, color=None) -> None:
         ax.fill_between(band.steps, band.low, band.high, color=line.get_color(), alpha=0.2, lw=0)
 
 
-def _figure(groups: Sequence[RunGroup], keys: Sequence[str], path: Path, title: str, smooth: int):
-    from opdkit.eval.plots_methods import new_figure, save_figure
+def new_figure(panels: int, cols: int = 2, width: float = 6.0):
+    """A figure with ``panels`` axes (extra axes hidden) -> (figure, list of axes)."""
+    import matplotlib
 
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(cols, panels)
+    nrows = (panels + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(width * cols, 3.8 * nrows), squeeze=False)
+    for ax in list(axes.flat)[panels:]:
+        ax.axis("off")
+    return fig, list(axes.flat)[:panels]
+
+
+def save_figure(fig, path: Path, title: str) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _figure(groups: Sequence[RunGroup], keys: Sequence[str], path: Path, title: str, smooth: int):
     if not keys:
         return None
     fig, axes = new_figure(len(keys))

@@ -20,34 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from opdkit.eval.plots import BAND, Band, RunGroup, draw_band
+from opdkit.eval.plots import BAND, Band, RunGroup, draw_band, new_figure, save_figure
 
 MAX_DOTS = 2000  # rows drawn per method in a scatter (a seeded sample); the binned means use every row
-
-
-def new_figure(panels: int, cols: int = 2, width: float = 6.0):
-    """A figure with ``panels`` axes (extra axes hidden) -> (figure, list of axes)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols = min(cols, panels)
-    nrows = (panels + cols - 1) // cols
-    fig, axes = plt.subplots(nrows, cols, figsize=(width * cols, 3.8 * nrows), squeeze=False)
-    for ax in list(axes.flat)[panels:]:
-        ax.axis("off")
-    return fig, list(axes.flat)[:panels]
-
-
-def save_figure(fig, path: Path, title: str) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def _pooled(diag_rows: list[dict], keys: Sequence[str]) -> dict[str, np.ndarray] | None:
