@@ -29,7 +29,7 @@ from opdkit.core.weights import SCOPE_SIGN_PRESETS, ScopeWeights, scope_weights
 from opdkit.train.batch import Prepared, StepBatch
 from opdkit.train.forward import policy_logp
 from opdkit.train.methods.base import Method, MethodConfig, MethodContext, weight_stats
-from opdkit.train.methods.policy import score_with_teacher, teacher_metrics
+from opdkit.train.methods.policy import TeacherResult, score_with_teacher, teacher_metrics
 
 
 def _f(default, help: str):
@@ -91,7 +91,9 @@ def _weights(
     )
 
 
-def _row_diagnostics(batch: StepBatch, teacher, correct_N: torch.Tensor, w: ScopeWeights) -> dict:
+def _row_diagnostics(
+    batch: StepBatch, teacher: TeacherResult, correct_N: torch.Tensor, w: ScopeWeights
+) -> dict[str, list[float]]:
     """Per row (N lists): correct, PPL_S = exp(−ℓS), PPL_T = exp(−ℓT) and both path weights, for the plot
     of each path's weight against the perplexity that sets it; ``row/teacher_flag`` when the teacher tags
     rows (e.g. the unreliable teacher's corrupted questions)."""
