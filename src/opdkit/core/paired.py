@@ -127,15 +127,15 @@ def compare_paired(
     excludes_zero = low > 0 or high < 0
     if excludes_zero and p <= alpha + 1e-12:
         verdict = "B > A" if low > 0 else "B < A"
-        reason = f"the interval excludes 0 and the sign-flip test rejects (p = {p:.3g} <= {alpha:.3g})"
+        reason = f"the interval excludes 0 and the sign-flip test rejects: p = {p:.3g} <= {alpha:.3g}"
     else:
         verdict = "no difference detectable at this budget"
         if min_p > alpha:
             reason = f"{d.size} pairs cannot reach p <= {alpha:.3g}: the smallest sign-flip p is {min_p:.3g}"
         elif excludes_zero:
-            reason = f"the interval excludes 0 but the sign-flip test does not reject (p = {p:.3g})"
+            reason = f"the interval excludes 0 but the sign-flip test does not reject: p = {p:.3g}"
         else:
-            reason = f"the interval contains 0 (sign-flip p = {p:.3g})"
+            reason = f"the interval contains 0; sign-flip p = {p:.3g}"
     return PairedComparison(
         d.size, float(d.mean()), low, high, confidence, dist.exact, p, min_p, verdict, reason
     )
