@@ -4,6 +4,7 @@ opdkit train CONFIG.yaml [section.key=value ...] [--output DIR] [--resume | --ov
 opdkit eval --model PATH --data FILE_OR_BENCHMARK_OR_task --k N
 opdkit plot RUN_DIR [RUN_DIR ...] [--out DIR]
 opdkit demo [--quick] [--output DIR] [--workers N]
+opdkit compare CONFIG CONFIG ... [--seeds 0,1,2] [--set key=value ...] [--output DIR] | --runs DIR
 opdkit methods
 opdkit presets [--markdown]
 opdkit serve-teacher --model PATH [--port 8000] [--api-key KEY]
@@ -222,6 +223,45 @@ def demo(
     typer.echo("")
     typer.echo(result.table)
     typer.echo(f"\nwall time {result.seconds:.0f} s; runs, plots and summary.md under {result.out_dir}")
+
+
+@app.command()
+def compare(
+    configs: list[str] = typer.Argument(
+        None, help="Presets or YAML files, one arm each; the first is the baseline."
+    ),
+    seeds: str = typer.Option("0,1,2", help="Comma-separated seeds, the same for every arm."),
+    set_: list[str] = typer.Option(None, "--set", help="Override for every arm (repeatable), e.g. steps=20."),
+    output: str = typer.Option("runs/compare", "--output", "-o", help="Where the run directories go."),
+    runs: str = typer.Option(None, help="Read the finished <arm>-seed<s> runs in DIR; train nothing."),
+    metric: str = typer.Option("eval/mean@4", help="The metric compared, at the final evaluation."),
+    confidence: float = typer.Option(0.95, help="Level of the bootstrap interval and of the test."),
+    workers: int = typer.Option(None, help="Runs at once (default: the number of cores, at most 4)."),
+) -> None:
+    """Methods × seeds with the same budget, paired by seed: differences, bootstrap intervals, verdicts."""
+    import os
+
+    from opdkit.train import compare as cmp
+
+    try:
+        if runs:
+            labels = [a.label for a in cmp.arms_of(configs)] if configs else None
+            arms, out = cmp.read_arms(runs, metric, labels), runs
+        else:
+            if not configs or len(configs) < 2:
+                _fail("give at least two configs (or --runs DIR)")
+            plan = cmp.ComparePlan(
+                arms=tuple(cmp.arms_of(configs)),
+                seeds=tuple(int(s) for s in seeds.split(",")),
+                overrides=tuple(set_ or ()),
+                workers=workers or max(1, min(4, os.cpu_count() or 1)),
+            )
+            cmp.run_arms(plan, output, log=typer.echo)
+            arms, out = cmp.read_arms(output, metric, [a.label for a in plan.arms]), output
+        report = cmp.write_report(out, cmp.compare_arms(arms, confidence), metric)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    typer.echo(report)
 
 
 @app.command()

@@ -90,7 +90,7 @@ def test_splits_are_disjoint_and_deterministic():
 
 
 def test_bad_specs_are_refused_with_the_valid_names():
-    with pytest.raises(UnknownNameError, match="addition, countdown, sorting"):
+    with pytest.raises(UnknownNameError, match="addition, addition_mix, countdown, sorting"):
         generate(TaskSpec(task="division"), 1, 0)
     with pytest.raises(UnknownNameError, match="boxed, mcq, tool"):
         generate(TaskSpec(style="latex"), 1, 0)

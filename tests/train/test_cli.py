@@ -21,7 +21,7 @@ def invoke(*args: str):
 def test_help_lists_every_subcommand():
     result = invoke("--help")
     assert result.exit_code == 0
-    for command in ("train", "eval", "plot", "demo", "methods", "serve-teacher", "verl-config"):
+    for command in ("train", "eval", "plot", "demo", "compare", "methods", "serve-teacher", "verl-config"):
         assert command in result.output
 
 

@@ -184,6 +184,7 @@ def check_countdown(pred: str, gold: str) -> _Check:
 
 CHECKS: dict[str, Callable[[str, str], _Check]] = {
     "addition": check_addition,
+    "addition_mix": check_addition,  # addition at mixed digit counts (tasks.addition.AdditionMix)
     "countdown": check_countdown,
     "sorting": check_sorting,
 }

@@ -8,6 +8,7 @@ training.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 from opdkit.tasks.base import TASKS, Problem, distinct_near_misses, with_options
@@ -44,3 +45,25 @@ class Addition:
 
 
 TASKS.add("addition", Addition())
+
+
+class AdditionMix:
+    """Addition at several difficulties at once: each problem's operands have a digit count drawn uniformly
+    from 1..difficulty (``Problem.difficulty`` records it), so one model's pass rates spread from ~1 on
+    one-digit sums to ~0 on the longest ones — a pool where weighting questions by p(1−p) has something to
+    reweight. Checked like ``addition``."""
+
+    name = "addition_mix"
+    default_difficulty = 3
+
+    def problem(self, rng: random.Random, difficulty: int) -> Problem:
+        if difficulty < 1:
+            raise ValueError(f"addition_mix: difficulty (most digits) must be >= 1, got {difficulty}")
+        return dataclasses.replace(_ADDITION.problem(rng, rng.randint(1, difficulty)), task=self.name)
+
+    def wrong_answer(self, problem: Problem, rng: random.Random) -> str:
+        return _ADDITION.wrong_answer(problem, rng)
+
+
+_ADDITION = Addition()
+TASKS.add("addition_mix", AdditionMix())

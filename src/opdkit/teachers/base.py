@@ -30,6 +30,8 @@ class TeacherScores:
       (``score(top_k=K)`` with K > 0; docs/algorithms.md §3.3 remote-teacher variant); None when top_k == 0.
       Padding: id 0 and log-prob 0.0; invalid rows: id 0 and NaN log-probs.
     stats: counters for logging (``teacher/failed_rows``, ``teacher/retries``, ...).
+    row_flags_N: bool rows the teacher marks for diagnostics only (the unreliable teacher's corrupted
+      questions); None when it marks none. Never used by a loss.
     """
 
     logp_N_T: torch.Tensor
@@ -37,6 +39,7 @@ class TeacherScores:
     topk_ids_N_T_K: torch.Tensor | None = None
     topk_logp_N_T_K: torch.Tensor | None = None
     stats: dict[str, float] = field(default_factory=dict)
+    row_flags_N: torch.Tensor | None = None
 
     @property
     def failed_rows(self) -> int:

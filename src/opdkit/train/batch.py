@@ -76,17 +76,22 @@ class Prepared:
     skip_reason: when set, the step makes no optimizer update and no EMA update (e.g. SC-SDPO with no
       informative question, §6.3), and the reason is logged; with ``optim.step_on_empty`` the loop steps on a
       zero gradient instead (``update.step_without_signal``).
+    diagnostics: per-question or per-row lists (equal lengths within a prefix, e.g. ``question/pass_rate``
+      and ``question/weight``) written to ``diagnostics.jsonl``, one line per step, for the method-specific
+      plots (``eval.plots``); never read by the update.
     """
 
     rows: dict[str, torch.Tensor] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     skip_reason: str | None = None
+    diagnostics: dict[str, list[float]] = field(default_factory=dict)
 
     def select(self, rows: torch.Tensor) -> Prepared:
         return Prepared(
             rows={k: v.index_select(0, rows.to(v.device)) for k, v in self.rows.items()},
             metrics=self.metrics,
             skip_reason=self.skip_reason,
+            diagnostics=self.diagnostics,
         )
 
 

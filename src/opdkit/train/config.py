@@ -75,7 +75,9 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TaskConfig:
-    name: str = doc("addition", "synthetic task: addition, countdown or sorting", check=_task_problem)
+    name: str = doc(
+        "addition", "synthetic task: addition, addition_mix, countdown or sorting", check=_task_problem
+    )
     style: Literal["boxed", "mcq", "tool"] = doc("boxed", "answer style (selects the verifier family)")
     difficulty: int | None = doc(
         2, "difficulty knob (addition: digits; countdown: numbers; sorting: length)", ge=1
@@ -167,8 +169,10 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class TeacherConfig:
-    kind: Literal["none", "local", "server"] = doc(
-        "none", "external teacher for opd/scope: a local model, an HTTP server, or none"
+    kind: Literal["none", "local", "server", "unreliable"] = doc(
+        "none",
+        "external teacher for opd/scope: a local model, an HTTP server, none, or 'unreliable' (a local model "
+        "confidently wrong on teacher.wrong_fraction of the questions; teachers.unreliable)",
     )
     path: str = doc("", "local teacher: model directory ('tiny' = the warm-started strong teacher)")
     url: str = doc("", "server teacher: base URL of an OpenAI-compatible server (opdkit serve-teacher, vLLM)")
@@ -186,6 +190,7 @@ class TeacherConfig:
         gt=0,
     )
     rows_per_request: int = doc(8, "server teacher: rows batched into one request", ge=1)
+    wrong_fraction: float = doc(0.5, "unreliable teacher: share of the questions it is wrong on", ge=0, le=1)
     max_failed_steps: int = doc(
         3, "stop the run (after a checkpoint) after this many consecutive steps with failed rows", ge=1
     )

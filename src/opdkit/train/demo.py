@@ -4,7 +4,8 @@
 2. Train the student with ``opd`` vs ``scope`` (external teacher) and ``sdpo`` vs ``sc_sdpo`` (self-teacher),
    every method from the same student, with the same seeds and step budget (presets ``tiny/<method>``).
 3. Evaluate before and after on the warm start's held-out problems (mean@k, pass@k, maj@k), print a comparison
-   table with the spread over seeds, and write the run directories and plots under ``runs/demo/``.
+   table with the spread over seeds and a closing note with each pair's paired difference, bootstrap interval
+   and verdict (``pair_comparisons``), and write the run directories and plots under ``runs/demo/``.
 
 Runs go to a pool of worker processes (one intra-op thread each), so a 2-core machine runs two at once.
 
@@ -123,6 +124,30 @@ def comparison_table(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def pair_comparisons(runs: list[dict[str, Any]], confidence: float = 0.95) -> str:
+    """The closing note: per pair of ``PAIRS``, the second method minus the first on mean@k after training,
+    paired by seed, with its bootstrap interval, sign-flip p and verdict (``core.paired``); '' below 2 seeds.
+    """
+    from opdkit.core.paired import compare_paired
+
+    lines = []
+    for a, b in PAIRS:
+        after = {(r["method"], r["seed"]): r["after"] for r in runs}
+        seeds = sorted(s for m, s in after if m == a and (b, s) in after)
+        key = (
+            next((k for k in after.get((a, seeds[0]), {}) if k.startswith("mean@")), None) if seeds else None
+        )
+        if key is None or len(seeds) < 2:
+            continue
+        r = compare_paired([after[(b, s)][key] - after[(a, s)][key] for s in seeds], confidence=confidence)
+        verdict = r.verdict.replace("B", b, 1).replace("A", a, 1) if r.verdict.startswith("B ") else r.verdict
+        lines.append(
+            f"- {b} − {a}, {key} after, {r.n} seeds paired: {r.mean:+.3f}, {confidence:.0%} bootstrap "
+            f"interval [{r.low:+.3f}, {r.high:+.3f}], sign-flip p = {r.p_value:.3g}: {verdict} ({r.reason})"
+        )
+    return "\n".join(lines)
+
+
 def run_demo(out_dir: str | Path = "runs/demo", plan: DemoPlan | None = None, log: Any = print) -> DemoResult:
     """Run the plan (module docstring); returns the table, also written to ``<out_dir>/summary.md``."""
     from opdkit.eval.plots import plot_runs
@@ -143,6 +168,8 @@ def run_demo(out_dir: str | Path = "runs/demo", plan: DemoPlan | None = None, lo
         dirs = [r["run_dir"] for r in runs if r["method"] in (a, b)]
         plot_runs(dirs, out / "plots" / f"{a}_vs_{b}")
     table = comparison_table(runs)
+    notes = pair_comparisons(runs)
+    table = f"{table}\n\n{notes}" if notes else table
     seconds = time.perf_counter() - start
     (out / "summary.md").write_text(f"{table}\n\nwall time: {seconds:.0f} s\n")
     (out / "summary.json").write_text(json.dumps(runs, indent=2))

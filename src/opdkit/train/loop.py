@@ -190,6 +190,8 @@ def train(
                     "time/step_s": time.perf_counter() - t0})  # fmt: skip
         if step % max(1, cfg.log_every) == 0 or step == cfg.steps:
             run.log(row)
+            if prepared.diagnostics:  # per-question / per-row values for the method's plots
+                run.log_diagnostics(step, prepared.diagnostics)
             if progress is not None:
                 progress(step, row)
         stop = method.uses_teacher and teacher_failures >= cfg.teacher.max_failed_steps

@@ -2,6 +2,7 @@
 
     <run>/config.yaml        the resolved TrainConfig (every key, defaults included)
     <run>/metrics.jsonl      one JSON object per logged step (namespaced keys, ``step`` first)
+    <run>/diagnostics.jsonl  per-question / per-row values of methods that log them (``Prepared.diagnostics``)
     <run>/eval/              per-sample records ``step_N.jsonl`` and ``summary.json``
     <run>/checkpoints/step_N/  see ``opdkit.train.checkpoint``
     <run>/provenance.json    opdkit/torch/transformers versions and the git commit + diff of the code, if any
@@ -135,6 +136,7 @@ class RunDir:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.metrics_path = self.path / "metrics.jsonl"
+        self.diagnostics_path = self.path / "diagnostics.jsonl"
         self.eval_dir = self.path / "eval"
 
     @classmethod
@@ -162,10 +164,12 @@ class RunDir:
         """Append one metrics row and flush it to the OS (a killed process loses at most the row being
         written). Not fsynced here (milliseconds per step on a small model): ``sync`` does it before each
         checkpoint, and a resume drops the rows after the checkpoint anyway."""
-        line = json.dumps({k: _json_safe(v) for k, v in row.items()})
-        with open(self.metrics_path, "a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
-            fh.flush()
+        _append(self.metrics_path, {k: _json_safe(v) for k, v in row.items()})
+
+    def log_diagnostics(self, step: int, values: dict[str, list[float]]) -> None:
+        """Append one step's per-question / per-row lists (rounded to 5 significant digits: plots only)."""
+        rounded = {k: [_json_safe(float(f"{float(v):.5g}")) for v in vs] for k, vs in values.items()}
+        _append(self.diagnostics_path, {"step": step, **rounded})
 
     def add_to_step(self, step: int, values: dict[str, Any]) -> None:
         """Merge ``values`` into the last row when it is ``step``'s (rewritten atomically), else append a row
@@ -191,22 +195,33 @@ class RunDir:
 
     def truncate_metrics(self, last_step: int) -> None:
         """Drop rows of steps after ``last_step`` (and a torn last line) before resuming."""
-        if not self.metrics_path.exists():
-            return
-        kept = []
-        for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line torn by a kill
-            if row.get("step", -1) <= last_step:
-                kept.append(line)
-        _atomic_write(self.metrics_path, "".join(k + "\n" for k in kept))
+        for path in (self.metrics_path, self.diagnostics_path):
+            _truncate(path, last_step)
 
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_path.exists():
             return []
         return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+
+
+def _append(path: Path, row: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row) + "\n")
+        fh.flush()
+
+
+def _truncate(path: Path, last_step: int) -> None:
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line torn by a kill
+        if row.get("step", -1) <= last_step:
+            kept.append(line)
+    _atomic_write(path, "".join(k + "\n" for k in kept))
 
 
 def _git(args: list[str], cwd: Path) -> str | None:

@@ -174,8 +174,12 @@ def _server_options(t: Any, models: Models, device: torch.device, temperature: f
     }  # fmt: skip
 
 
+def _unreliable_options(t: Any, models: Models, device: torch.device, temperature: float) -> dict[str, Any]:
+    return {**_local_options(t, models, device, temperature), "wrong_fraction": t.wrong_fraction}
+
+
 # teacher.kind -> the factory's keyword options, from the ``teacher`` config section
-_TEACHER_OPTIONS = {"local": _local_options, "server": _server_options}
+_TEACHER_OPTIONS = {"local": _local_options, "server": _server_options, "unreliable": _unreliable_options}
 
 
 def make_external_teacher(cfg: TrainConfig, models: Models, device: torch.device, temperature: float) -> Any:
@@ -185,7 +189,8 @@ def make_external_teacher(cfg: TrainConfig, models: Models, device: torch.device
             f"method {cfg.method.name} needs an external teacher: set teacher.kind=local or server"
         )
     import opdkit.teachers.local
-    import opdkit.teachers.server  # noqa: F401  (register the kinds)
+    import opdkit.teachers.server
+    import opdkit.teachers.unreliable  # noqa: F401  (register the kinds)
 
     t = cfg.teacher
     temperature = temperature if t.temperature is None else t.temperature

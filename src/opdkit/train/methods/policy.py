@@ -110,11 +110,13 @@ class GrpoNoStd(Grpo):
 
 @dataclass(frozen=True)
 class TeacherResult:
-    """External-teacher log-probs (N, T) (NaN on invalid rows), the valid rows (N,) and counters."""
+    """External-teacher log-probs (N, T) (NaN on invalid rows), the valid rows (N,), counters, and the rows
+    the teacher flags for diagnostics (``TeacherScores.row_flags_N``) or None."""
 
     logp_N_T: torch.Tensor
     valid_N: torch.Tensor
     stats: dict
+    row_flags_N: torch.Tensor | None = None
 
 
 def score_with_teacher(batch: StepBatch, ctx: MethodContext) -> TeacherResult:
@@ -126,8 +128,9 @@ def score_with_teacher(batch: StepBatch, ctx: MethodContext) -> TeacherResult:
     )
     device = batch.response_ids_N_T.device
     return TeacherResult(
-        scores.logp_N_T.to(device), scores.valid_N.to(device, torch.bool), dict(scores.stats)
-    )
+        scores.logp_N_T.to(device), scores.valid_N.to(device, torch.bool), dict(scores.stats),
+        scores.row_flags_N,
+    )  # fmt: skip
 
 
 def teacher_metrics(batch: StepBatch, teacher: TeacherResult, mask_N_T: torch.Tensor) -> dict[str, float]:

@@ -38,7 +38,7 @@ from opdkit.train.batch import Prepared, StepBatch
 from opdkit.train.configio import doc
 from opdkit.train.forward import policy_logp
 from opdkit.train.methods.base import Method, MethodConfig, MethodContext, weight_stats
-from opdkit.train.methods.policy import score_with_teacher, teacher_metrics
+from opdkit.train.methods.policy import TeacherResult, score_with_teacher, teacher_metrics
 
 
 def _f(default, help: str, **bounds: float):
@@ -129,6 +129,26 @@ def _weights(
     )
 
 
+def _row_diagnostics(
+    batch: StepBatch, teacher: TeacherResult, correct_N: torch.Tensor, w: ScopeWeights
+) -> dict[str, list[float]]:
+    """Per row (N lists): correct, PPL_S = exp(−ℓS), PPL_T = exp(−ℓT) and both path weights, for the plot
+    of each path's weight against the perplexity that sets it; ``row/teacher_flag`` when the teacher tags
+    rows (e.g. the unreliable teacher's corrupted questions)."""
+    mask = batch.response_mask_N_T
+    old = batch.old_logp_N_T if batch.old_logp_N_T is not None else torch.zeros_like(teacher.logp_N_T)
+    out = {
+        "row/correct": correct_N.float().cpu().tolist(),
+        "row/ppl_student": torch.exp(-sequence_mean(old, mask)).cpu().tolist(),
+        "row/ppl_teacher": torch.exp(-sequence_mean(teacher.logp_N_T, mask)).cpu().tolist(),
+        "row/w_student": w.student_N.float().cpu().tolist(),
+        "row/w_teacher": w.teacher_N.float().cpu().tolist(),
+    }
+    if teacher.row_flags_N is not None:
+        out["row/teacher_flag"] = teacher.row_flags_N.float().cpu().tolist()
+    return out
+
+
 class Scope(Method):
     config_type = ScopeConfig
     min_group_size = 2
@@ -161,7 +181,7 @@ class Scope(Method):
             **weight_stats("weights/scope_student", w.student_N, correct),
             **weight_stats("weights/scope_teacher", w.teacher_N, ~correct & teacher.valid_N),
         }
-        return Prepared(rows=rows, metrics=metrics)
+        return Prepared(rows=rows, metrics=metrics, diagnostics=_row_diagnostics(batch, teacher, correct, w))
 
     @staticmethod
     def _inputs(batch: StepBatch, prepared: Prepared, logp_N_T: torch.Tensor) -> ScopeInputs:

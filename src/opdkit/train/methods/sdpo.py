@@ -156,7 +156,8 @@ class Sdpo(Method):
             if skip is None and not bool((weights_N.unsqueeze(-1) * loss_mask).any()):
                 skip = "every question weight of the rows with a teacher context is 0 (§6.3)"
         rows["loss_mask_N_T"] = loss_mask
-        return Prepared(rows=rows, metrics=metrics, skip_reason=skip)
+        diagnostics = question_diagnostics(batch, weights_N, prompts.sd_mask_N)
+        return Prepared(rows=rows, metrics=metrics, skip_reason=skip, diagnostics=diagnostics)
 
     def denominators(self, cfg: SdpoConfig, batch, prepared):
         d = aggregation_denominator(prepared.rows["loss_mask_N_T"], cfg.agg, denominator=cfg.denominator)
@@ -208,6 +209,21 @@ class Sdpo(Method):
         if cfg.is_clip is not None and is_clip is None:
             result.metrics.update({"is_weight_mean": 1.0, "is_clipfrac": float(cfg.is_clip <= 1.0)})
         return result
+
+
+def question_diagnostics(
+    batch: StepBatch, weights_N: torch.Tensor | None, sd_mask_N: torch.Tensor
+) -> dict[str, list[float]]:
+    """Per question of the step (P lists): its pass rate p_q, its weight w_q (1 for plain SDPO) and the
+    fraction of its rows with a teacher context; w_q × that fraction is the question's share of the loss,
+    so these show where the weight goes (SC-SDPO's sweet spot at p = 1/2)."""
+    idx = group_index(batch.group_ids_N.cpu())
+    w_N = torch.ones(batch.n) if weights_N is None else weights_N.detach().float().cpu()
+    return {
+        "question/pass_rate": group_mean(batch.success_N.float().cpu(), idx).tolist(),
+        "question/weight": group_mean(w_N, idx).tolist(),
+        "question/context_fraction": group_mean(sd_mask_N.float().cpu(), idx).tolist(),
+    }
 
 
 def chunk_settings(cfg: SdpoConfig, ctx: MethodContext) -> ChunkSettings:
