@@ -83,10 +83,17 @@ class UnreliableTeacher:
 
 @TEACHERS.register("unreliable")
 def make_unreliable_teacher(
-    *, path: str, device: str = "cpu", temperature: float = 1.0, wrong_fraction: float = 0.5, seed: int = 0
+    *,
+    path: str,
+    device: str = "cpu",
+    temperature: float = 1.0,
+    dtype: str = "float32",
+    wrong_fraction: float = 0.5,
+    seed: int = 0,
 ) -> UnreliableTeacher:
-    """Factory for ``teacher.kind=unreliable``: a local teacher (``path``) wrong on ``wrong_fraction``."""
+    """Factory for ``teacher.kind=unreliable``: a local teacher (``path``, weights in the run's compute
+    ``dtype``) wrong on ``wrong_fraction``."""
     if not path:
         raise ValueError("teacher.kind=unreliable needs teacher.path (a Hugging Face model directory)")
-    inner = LocalTeacher.from_path(path, device=device, temperature=temperature)
+    inner = LocalTeacher.from_path(path, device=device, temperature=temperature, dtype=dtype)
     return UnreliableTeacher(inner, inner.tokenizer, wrong_fraction=wrong_fraction, seed=seed)
