@@ -47,7 +47,10 @@ BAD_VALUES = [
     ("teacher.rows_per_request=0", "teacher.rows_per_request must be >= 1"),
     ("teacher.temperature=1e-300", None),  # a tiny positive temperature is a valid (if odd) value
     ("model.device=banana", "model.device: 'banana' is not a device"),
-    ("data.task.name=foo", "data.task.name: unknown task 'foo'; valid tasks: addition, addition_mix, countdown, sorting"),
+    (
+        "data.task.name=foo",
+        "data.task.name: unknown task 'foo'; valid tasks: addition, addition_mix, countdown, sorting",
+    ),
     ("data.task.train_size=0", "data.task.train_size must be >= 1"),
     ("data.max_prompt_tokens=0", "data.max_prompt_tokens must be >= 1"),
 ]
