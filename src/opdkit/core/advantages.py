@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from opdkit.core.composition import question_pass_rates
 from opdkit.core.divergences import LOGP_FLOOR
 from opdkit.core.groups import group_index, group_mean, group_sum
 
@@ -46,9 +47,11 @@ def grpo_advantages(
 
 
 def group_pass_rates(success_N: torch.Tensor, group_ids_N: torch.Tensor) -> torch.Tensor:
-    """Each sequence's group pass rate p_q = k_q / n_q -> (N,) float32 (§1.5)."""
-    idx = group_index(group_ids_N)
-    return group_mean(success_N.to(torch.float32), idx)[idx.inverse_N]
+    """Each sequence's group pass rate p_q = k_q / n_q -> (N,) float32 (§1.5).
+
+    The per-row view of ``core.composition.question_pass_rates`` (one entry per question).
+    """
+    return question_pass_rates(success_N, group_ids_N).per_row()
 
 
 def opd_advantages(

@@ -152,13 +152,21 @@ class SrpoRouting:
     grpo_N: torch.Tensor
 
 
-def srpo_routing(success_N: torch.Tensor, group_ids_N: torch.Tensor) -> SrpoRouting:
-    """z_sdpo = (1 − c_i)·1[∃ j ≠ i in the group with c_j = 1]; z_grpo = 1 − z_sdpo (bool tensors)."""
+def srpo_routing(
+    success_N: torch.Tensor, group_ids_N: torch.Tensor, *, context_N: torch.Tensor | None = None
+) -> SrpoRouting:
+    """z_sdpo = (1 − c_i)·1[∃ j ≠ i in the group with c_j = 1]; z_grpo = 1 − z_sdpo (bool tensors).
+
+    ``context_N`` (bool): the rows the self-teacher has a context for; a row without one cannot be distilled,
+    so it stays on the GRPO branch (a failed row with a correct sibling always has its demonstration).
+    """
     c = success_N.to(torch.bool)
     idx = group_index(group_ids_N)
     successes_N = group_sum(c.to(torch.int64), idx)[idx.inverse_N]
     sibling_success_N = (successes_N - c.to(torch.int64)) > 0
     sdpo_N = ~c & sibling_success_N
+    if context_N is not None:
+        sdpo_N = sdpo_N & context_N.to(torch.bool)
     return SrpoRouting(sdpo_N=sdpo_N, grpo_N=~sdpo_N)
 
 
