@@ -177,14 +177,19 @@ def clipped_policy_loss(
     clip_high: float = 0.28,
     dual_clip: float | None = 3.0,
     mode: str = "token-mean",
+    global_denominator: torch.Tensor | None = None,
 ) -> LossOutput:
     """Aggregated PPO-style policy loss (§2.2, §2.3) with metrics ``clipfrac``, ``clipfrac_lower`` (dual
-    clip), ``ratio_mean`` and ``approx_kl`` (mean of old − new log-prob) over the valid tokens."""
+    clip), ``ratio_mean`` and ``approx_kl`` (mean of old − new log-prob) over the valid tokens.
+
+    ``global_denominator``: the aggregation's denominator over the whole mini-batch when ``logp`` is one
+    micro-batch of it (``aggregation_denominator``); None divides by this batch's own.
+    """
     sur = clipped_surrogate(
         logp, old_logp, advantages, clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip, mask_N_T=mask
     )
     return LossOutput(
-        loss=aggregate(sur.loss_N_T, mask, mode),
+        loss=aggregate(sur.loss_N_T, mask, mode, global_denominator=global_denominator),
         per_token_N_T=sur.loss_N_T,
         metrics=surrogate_metrics(sur, logp, old_logp, mask),
     )

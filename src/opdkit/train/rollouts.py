@@ -1,10 +1,11 @@
 """One step's rollouts: sample G responses per question, verify them, recompute the old log-probs.
 
 §1: each question drawn this step gets a fresh group id (the same dataset row drawn twice gets
-two ids); its G rollouts are contiguous. Rewards come from each row's verifier; success is reward ≥ 0.5
-(τ_succ, §1.4, §11 A13). ``old_logp`` is the pre-update student's log-prob of each sampled token at the
-log-prob temperature (§2.2: on-policy it equals the current log-prob); it is only computed when asked
-(``RolloutRequest.old_logprobs``), else left None for the loss to use the current log-probs.
+two ids); its G rollouts are contiguous. Rewards and success come from each row's verifier: success is
+the verdict's ``correct``, the one rule of training, evaluation and PACED's offline pass (§1.4).
+``old_logp`` is the pre-update student's log-prob of each sampled token at the log-prob temperature (§2.2:
+on-policy it equals the current log-prob); it is only computed when asked (``RolloutRequest.old_logprobs``),
+else left None for the loss to use the current log-probs.
 """
 
 from __future__ import annotations
@@ -14,13 +15,11 @@ from typing import Any
 
 import torch
 
-from opdkit.core.groups import group_index, group_mean
+from opdkit.core.composition import question_pass_rates
 from opdkit.rewards import verify_batch
 from opdkit.rollout import SamplingParams, sample
 from opdkit.train.batch import StepBatch, micro_batch_size
 from opdkit.train.forward import old_logprobs
-
-SUCCESS_THRESHOLD = 0.5
 
 
 @dataclass(frozen=True)
@@ -68,7 +67,7 @@ def collect_rollouts(
         response_mask_N_T=out.response_mask_N_L.to(device),
         group_ids_N=out.group_ids_N.to(device),
         rewards_N=rewards_N.to(device),
-        success_N=(rewards_N >= SUCCESS_THRESHOLD).to(device),
+        success_N=torch.tensor([v.correct for v in verdicts], dtype=torch.bool, device=device),
         old_logp_N_T=None,
         example_index_N=torch.tensor(req.example_indices, device=device).repeat_interleave(n),
         truncated_N=out.truncated_N.to(device),
@@ -86,8 +85,7 @@ def collect_rollouts(
 
 def rollout_metrics(batch: StepBatch) -> dict[str, float]:
     """reward/*, pass_rate/* (with the degenerate-group fractions) and response/* statistics."""
-    idx = group_index(batch.group_ids_N)
-    p_P = group_mean(batch.success_N.float(), idx)
+    p_P = question_pass_rates(batch.success_N, batch.group_ids_N).pass_rate_Q
     lengths = batch.response_mask_N_T.sum(dim=-1).float()
     return {
         "reward/mean": float(batch.rewards_N.mean()),

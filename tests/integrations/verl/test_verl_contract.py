@@ -32,7 +32,7 @@ from opdkit.core.losses import aggregate
 from opdkit.core.objectives import ClipConfig, ScopeInputs, scope_loss
 from opdkit.core.weights import ScopeWeights
 from opdkit.integrations.verl import params as vp
-from opdkit.integrations.verl.fields import StepBatch, group_ids_from_uids, scope_step_weights
+from opdkit.integrations.verl.fields import DriverBatch, group_ids_from_uids, scope_step_weights
 
 pytestmark = pytest.mark.usefixtures("verl_plugin")
 
@@ -147,7 +147,7 @@ def _scope_step(seed: int, agg: str):
     rewards_N = torch.tensor([1, 0, 1, 0, 0, 0, 0, 0, 1, 1, 1, 1], dtype=torch.float32)
     group_ids = group_ids_from_uids(["a"] * 4 + ["b"] * 4 + ["c"] * 4)
     weights = scope_step_weights(
-        StepBatch(rewards_N, group_ids, step.mask_N_T, step.old_logp_N_T, step.teacher_logp_N_T),
+        DriverBatch(rewards_N, group_ids, step.mask_N_T, step.old_logp_N_T, step.teacher_logp_N_T),
         vp.OpdkitVerlParams(weighting="scope", scope_agg=agg),
     )
     width = max(RESPONSES)

@@ -10,7 +10,7 @@ import torch
 
 from opdkit.integrations.verl import params as vp
 from opdkit.integrations.verl.fields import (
-    StepBatch,
+    DriverBatch,
     group_ids_from_uids,
     pass_rate_step_weights,
     scope_mle_scale,
@@ -33,7 +33,7 @@ def test_pass_rate_weights_are_normalised_over_the_questions_of_the_step() -> No
     # not per rollout), so w_x = 0.9282032, w_y = 1.0717968, w_z = 0.
     uids = ["x"] * 4 + ["y"] * 4 + ["z"] * 2
     rewards = torch.tensor([1.0, 0, 0, 0, 1, 1, 0, 0, 0, 0])
-    step = StepBatch(rewards_N=rewards, group_ids_N=group_ids_from_uids(uids), mask_N_T=_mask([2] * 10))
+    step = DriverBatch(rewards_N=rewards, group_ids_N=group_ids_from_uids(uids), mask_N_T=_mask([2] * 10))
     out = pass_rate_step_weights(step, vp.OpdkitVerlParams(weighting="pass_rate"))
     expected = [0.9282032] * 4 + [1.0717968] * 4 + [0.0] * 2
     torch.testing.assert_close(out.fields_N[vp.FIELD_Q_WEIGHT], torch.tensor(expected), rtol=1e-5, atol=1e-6)
@@ -42,7 +42,7 @@ def test_pass_rate_weights_are_normalised_over_the_questions_of_the_step() -> No
 
 
 def test_hard_filter_and_an_all_degenerate_batch() -> None:
-    step = StepBatch(
+    step = DriverBatch(
         rewards_N=torch.tensor([1.0, 1.0, 0.0, 0.0]),  # p = 1 and p = 0: nothing informative
         group_ids_N=torch.tensor([0, 0, 1, 1]),
         mask_N_T=_mask([1, 2, 3, 4]),
@@ -53,7 +53,7 @@ def test_hard_filter_and_an_all_degenerate_batch() -> None:
 
 
 def test_success_threshold_applies_to_continuous_rewards() -> None:
-    step = StepBatch(torch.tensor([0.7, 0.2]), torch.tensor([0, 0]), _mask([1, 1]))  # one success at 0.5
+    step = DriverBatch(torch.tensor([0.7, 0.2]), torch.tensor([0, 0]), _mask([1, 1]))  # one success at 0.5
     w = pass_rate_step_weights(step, vp.OpdkitVerlParams(success_threshold=0.5)).fields_N[vp.FIELD_Q_WEIGHT]
     assert w.tolist() == [1.0, 1.0]  # one informative question: weight 1 (mean-1 normalisation)
 
@@ -80,7 +80,7 @@ def test_scope_weights_use_masked_mean_log_probs_of_whole_groups() -> None:
         ]
     )
     teacher = torch.tensor([[-3.0] * 4, [-3.0] * 4, [-0.7] * 4, [-0.4] * 4])
-    step = StepBatch(
+    step = DriverBatch(
         rewards_N=torch.tensor([1.0, 1.0, 0.0, 0.0]),
         group_ids_N=torch.tensor([0, 0, 0, 1]),
         mask_N_T=_mask([2, 3, 1, 4]),
@@ -97,7 +97,7 @@ def test_scope_weights_use_masked_mean_log_probs_of_whole_groups() -> None:
 
 
 def test_scope_without_teacher_log_probs_is_an_error() -> None:
-    step = StepBatch(torch.tensor([1.0]), torch.tensor([0]), _mask([1]), old_logp_N_T=torch.zeros(1, 4))
+    step = DriverBatch(torch.tensor([1.0]), torch.tensor([0]), _mask([1]), old_logp_N_T=torch.zeros(1, 4))
     with pytest.raises(ValueError, match="teacher_logprobs"):
         scope_step_weights(step, vp.OpdkitVerlParams(weighting="scope"))
 
@@ -117,7 +117,7 @@ def test_params_node_parses_command_line_strings_and_rejects_unknown_keys() -> N
 def test_scope_ablations_set_path_weights_to_one() -> None:
     # §5.6: use_student_weights=false -> w = 1 on each correct row; use_teacher_weights=false -> 1 on wrong.
     old = torch.tensor([[-0.1, -0.1], [-1.0, -1.0], [-0.5, -0.5], [-0.2, -0.2]])
-    step = StepBatch(
+    step = DriverBatch(
         rewards_N=torch.tensor([1.0, 1.0, 0.0, 0.0]),
         group_ids_N=torch.tensor([0, 0, 0, 0]),
         mask_N_T=_mask([2, 2, 2, 2], width=2),

@@ -17,7 +17,7 @@ from verl_testkit import composed_config, packed_batch, random_step_values
 
 from opdkit.core.advantages import grpo_advantages
 from opdkit.integrations.verl import params as vp
-from opdkit.integrations.verl.fields import StepBatch, group_ids_from_uids, scope_step_weights
+from opdkit.integrations.verl.fields import DriverBatch, group_ids_from_uids, scope_step_weights
 
 
 def _worker_registries() -> dict:
@@ -119,7 +119,7 @@ def test_opdkit_sync_trainer_writes_scope_weights_through_transfer_queue(local_r
         tq.close()
     mask = step.mask_N_T
     expected = scope_step_weights(
-        StepBatch(rewards_N, group_ids_from_uids(uids), mask, step.old_logp_N_T, step.teacher_logp_N_T),
+        DriverBatch(rewards_N, group_ids_from_uids(uids), mask, step.old_logp_N_T, step.teacher_logp_N_T),
         vp.OpdkitVerlParams(weighting="scope"),
     )
     for name, values_N in expected.fields_N.items():

@@ -27,7 +27,7 @@ import torch
 from verl.trainer.ppo.core_algos import register_adv_est
 
 from opdkit.core.advantages import grpo_advantages
-from opdkit.integrations.verl.fields import StepBatch, group_ids_from_uids, step_weights
+from opdkit.integrations.verl.fields import DriverBatch, group_ids_from_uids, step_weights
 from opdkit.integrations.verl.params import FIELD_Q_WEIGHT, parse_params
 
 GRPO_EPS = 1e-6  # verl's default ``epsilon`` of compute_grpo_outcome_advantage
@@ -72,7 +72,7 @@ def compute_opdkit_sc_grpo_advantage(
     if params.weighting not in ("pass_rate", "hard_filter"):  # the estimator's own weighting: pass rates
         params = replace(params, weighting="pass_rate")
     with torch.no_grad():
-        step = StepBatch(
+        step = DriverBatch(
             rewards_N=token_level_rewards.sum(dim=-1),
             group_ids_N=group_ids_from_uids(index),
             mask_N_T=response_mask,

@@ -14,7 +14,9 @@ Weightings (chosen by ``algorithm.opdkit.weighting``, one registry):
   (verl's ``old_log_probs``) and of the teacher, plus the factor that lets one token-mean over all tokens
   reproduce the reference's two token-means (``scope_mle_scale``).
 
-This module imports torch and opdkit.core only; the verl glue lives in ``trainer.py``.
+Every formula is ``opdkit.core.composition``'s, the same functions the opdkit trainer's methods call
+(``tests/train/test_trainer_verl_parity.py`` checks both give equal weights). This module imports torch and
+opdkit.core only; the verl glue lives in ``trainer.py``.
 """
 
 from __future__ import annotations
@@ -24,9 +26,16 @@ from dataclasses import dataclass
 
 import torch
 
-from opdkit.core.groups import group_index, group_mean, sequence_mean
+from opdkit.core.composition import (
+    QuestionWeightInputs,
+    ScopeSwitches,
+    question_pass_rates,
+    question_weights,
+    scope_mle_scale,
+    scope_path_weights,
+    success_from_rewards,
+)
 from opdkit.core.registry import Registry
-from opdkit.core.weights import hard_filter_weights, pass_rate_weights, scope_weights
 from opdkit.integrations.verl.params import (
     FIELD_CORRECT,
     FIELD_MLE_SCALE,
@@ -44,13 +53,15 @@ def group_ids_from_uids(uids: Sequence[object]) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class StepBatch:
-    """The step batch as the driver sees it (N sequences, T = longest response, right-padded).
+class DriverBatch:
+    """The step batch as verl's driver sees it (N sequences, T = longest response, right-padded).
 
     rewards_N: outcome reward per sequence (verl: ``rm_scores`` summed over tokens).
     group_ids_N: int64 group id per sequence (``group_ids_from_uids(uid)``).
     mask_N_T: response mask. old_logp_N_T: the pre-update student's log-probs (verl ``old_log_probs``).
     teacher_logp_N_T: teacher log-probs of the sampled tokens, or None when the weighting needs none.
+    teacher_valid_N: bool, the rows whose teacher scores arrived; None = the rows whose teacher log-probs are
+    finite on every response token (``core.composition.rows_with_teacher_scores``).
     """
 
     rewards_N: torch.Tensor
@@ -58,6 +69,7 @@ class StepBatch:
     mask_N_T: torch.Tensor
     old_logp_N_T: torch.Tensor | None = None
     teacher_logp_N_T: torch.Tensor | None = None
+    teacher_valid_N: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -68,26 +80,26 @@ class StepWeights:
     metrics: dict[str, float]
 
 
-WEIGHTINGS: Registry[Callable[[StepBatch, OpdkitVerlParams], StepWeights]] = Registry("verl weighting")
+WEIGHTINGS: Registry[Callable[[DriverBatch, OpdkitVerlParams], StepWeights]] = Registry("verl weighting")
 
 #: What each weighting needs from the batch besides rewards, uids and the response mask.
 NEEDS_OLD_LOGP = {"scope"}
 NEEDS_TEACHER = {"scope"}
 
 
-def _success(step: StepBatch, params: OpdkitVerlParams) -> torch.Tensor:
-    return step.rewards_N.to(torch.float32) >= params.success_threshold  # §1.4
+def _success(step: DriverBatch, params: OpdkitVerlParams) -> torch.Tensor:
+    # verl hands the driver a reward, not the verifier's verdict: the threshold rule (§1.4)
+    return success_from_rewards(step.rewards_N, threshold=params.success_threshold)
 
 
-def _question_pass_rates(step: StepBatch, params: OpdkitVerlParams) -> tuple[torch.Tensor, torch.Tensor]:
-    """(pass rate per question (Q,), dense question index per sequence (N,)) — one entry per question so that
-    the SC normalisation averages over questions, not rollouts (§6.1)."""
-    idx = group_index(step.group_ids_N)
-    return group_mean(_success(step, params).to(torch.float32), idx), idx.inverse_N
-
-
-def _question_weight_fields(w_Q: torch.Tensor, p_Q: torch.Tensor, inverse_N: torch.Tensor) -> StepWeights:
-    informative_Q = (p_Q > 0) & (p_Q < 1)
+def _question_step_weights(step: DriverBatch, params: OpdkitVerlParams, weighting: str) -> StepWeights:
+    """The question weighting ``weighting`` (a name in ``core.composition.QUESTION_WEIGHTINGS``) over the
+    whole step batch, one value per sequence, and its per-question metrics."""
+    success_N = _success(step, params)
+    inputs = QuestionWeightInputs(success_N, step.group_ids_N, alpha=params.sc_alpha)
+    w_N = question_weights(weighting, inputs)
+    rates = question_pass_rates(success_N, step.group_ids_N)
+    w_Q, informative_Q = rates.per_question(w_N), rates.informative_Q
     metrics = {
         "opdkit/q_weight_mean": float(w_Q.mean()),
         "opdkit/q_weight_max": float(w_Q.max()),
@@ -95,61 +107,44 @@ def _question_weight_fields(w_Q: torch.Tensor, p_Q: torch.Tensor, inverse_N: tor
         # §6.3: with no informative question every weight is 0, so the update is a no-op gradient.
         "opdkit/empty_batch": float(not bool(informative_Q.any())),
     }
-    return StepWeights(fields_N={FIELD_Q_WEIGHT: w_Q[inverse_N]}, metrics=metrics)
+    return StepWeights(fields_N={FIELD_Q_WEIGHT: w_N}, metrics=metrics)
 
 
 @WEIGHTINGS.register("pass_rate")
-def pass_rate_step_weights(step: StepBatch, params: OpdkitVerlParams) -> StepWeights:
+def pass_rate_step_weights(step: DriverBatch, params: OpdkitVerlParams) -> StepWeights:
     """SC-SDPO question weights over the whole step batch (§6.1), broadcast to each question's sequences."""
-    p_Q, inverse_N = _question_pass_rates(step, params)
-    return _question_weight_fields(pass_rate_weights(p_Q, alpha=params.sc_alpha), p_Q, inverse_N)
+    return _question_step_weights(step, params, "pass_rate")
 
 
 @WEIGHTINGS.register("hard_filter")
-def hard_filter_step_weights(step: StepBatch, params: OpdkitVerlParams) -> StepWeights:
+def hard_filter_step_weights(step: DriverBatch, params: OpdkitVerlParams) -> StepWeights:
     """Hard filter 1[0 < p < 1] (§6.4), broadcast to each question's sequences."""
-    p_Q, inverse_N = _question_pass_rates(step, params)
-    return _question_weight_fields(hard_filter_weights(p_Q), p_Q, inverse_N)
+    return _question_step_weights(step, params, "hard_filter")
 
 
-def scope_mle_scale(mask_N_T: torch.Tensor, correct_N: torch.Tensor, agg: str) -> float:
-    """Factor on the correct rows' per-token MLE loss so that ONE token-mean over all valid tokens equals
-    SCOPE's L_PG + L_MLE (§5.5).
-
-    "code": L_MLE divides by the correct rows' token count C, verl's token-mean by all tokens A, so the
-    factor is A / C (1 when C = 0: the term is empty anyway). "joint": one token-mean already, factor 1.
-    Counts are the step batch's; they are exact for the update when the PPO mini-batch is the step batch
-    (SCOPE's setting, docs/algorithms.md §10.4) and the step's ratio otherwise.
-    """
-    if agg == "joint":
-        return 1.0
-    mask = mask_N_T.to(torch.bool)
-    all_tokens = float(mask.sum())
-    correct_tokens = float((mask & correct_N.to(torch.bool).unsqueeze(-1)).sum())
-    return all_tokens / correct_tokens if correct_tokens > 0 else 1.0
-
-
-@WEIGHTINGS.register("scope")
-def scope_step_weights(step: StepBatch, params: OpdkitVerlParams) -> StepWeights:
-    """SCOPE dual-path weights from whole groups (§5.3-§5.4) and the MLE scale (``scope_mle_scale``)."""
-    if step.old_logp_N_T is None or step.teacher_logp_N_T is None:
-        raise ValueError("the scope weighting needs old_log_probs and teacher_logprobs in the batch")
-    correct_N = _success(step, params)
-    weights = scope_weights(
-        sequence_mean(step.old_logp_N_T.to(torch.float32), step.mask_N_T),  # ℓS, §5.3
-        sequence_mean(step.teacher_logp_N_T.to(torch.float32), step.mask_N_T),  # ℓT
-        correct_N,
-        step.group_ids_N,
+def scope_switches(params: OpdkitVerlParams) -> ScopeSwitches:
+    """``algorithm.opdkit``'s SCOPE keys as ``core.composition`` takes them (verl runs the dual path)."""
+    return ScopeSwitches(
         tau=params.scope_tau,
         student_exponent=params.scope_student_exponent,
         teacher_exponent=params.scope_teacher_exponent,
         normalization=params.scope_normalization,
+        use_student_weights=params.scope_use_student_weights,
+        use_teacher_weights=params.scope_use_teacher_weights,
     )
-    student_N, teacher_N = weights.student_N, weights.teacher_N
-    if not params.scope_use_student_weights:  # §5.6 ablation: MLE path on, unweighted
-        student_N = correct_N.to(torch.float32)
-    if not params.scope_use_teacher_weights:
-        teacher_N = (~correct_N).to(torch.float32)
+
+
+@WEIGHTINGS.register("scope")
+def scope_step_weights(step: DriverBatch, params: OpdkitVerlParams) -> StepWeights:
+    """SCOPE dual-path weights from whole groups (``core.composition.scope_path_weights``, §5.3-§5.7) and the
+    MLE scale (``scope_mle_scale``). Rows whose teacher scores never arrived get weight 0 (§5.7)."""
+    if step.old_logp_N_T is None or step.teacher_logp_N_T is None:
+        raise ValueError("the scope weighting needs old_log_probs and teacher_logprobs in the batch")
+    paths = scope_path_weights(
+        step.old_logp_N_T, step.teacher_logp_N_T, step.mask_N_T, _success(step, params), step.group_ids_N,
+        valid_N=step.teacher_valid_N, switches=scope_switches(params),
+    )  # fmt: skip
+    correct_N, student_N, teacher_N = paths.correct_N, paths.weights.student_N, paths.weights.teacher_N
     scale = scope_mle_scale(step.mask_N_T, correct_N, params.scope_agg)
     n = correct_N.numel()
     fields = {
@@ -163,10 +158,11 @@ def scope_step_weights(step: StepBatch, params: OpdkitVerlParams) -> StepWeights
         "opdkit/scope_student_weight_max": float(student_N.max()),
         "opdkit/scope_teacher_weight_max": float(teacher_N.max()),
         "opdkit/scope_mle_scale": scale,
+        "opdkit/scope_teacher_valid_fraction": float(paths.valid_N.float().mean()),
     }
     return StepWeights(fields_N=fields, metrics=metrics)
 
 
-def step_weights(step: StepBatch, params: OpdkitVerlParams) -> StepWeights:
+def step_weights(step: DriverBatch, params: OpdkitVerlParams) -> StepWeights:
     """Dispatch on ``params.weighting`` (not for "none", which writes nothing)."""
     return WEIGHTINGS.get(params.weighting)(step, params)

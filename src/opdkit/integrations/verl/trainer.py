@@ -25,7 +25,7 @@ from verl.workers.utils.padding import response_from_nested, response_to_nested
 from opdkit.integrations.verl.fields import (
     NEEDS_OLD_LOGP,
     NEEDS_TEACHER,
-    StepBatch,
+    DriverBatch,
     group_ids_from_uids,
     step_weights,
 )
@@ -41,8 +41,8 @@ def _select_fields(params: OpdkitVerlParams) -> list[str]:
     return fields
 
 
-def step_batch_from_tq(data: TensorDict, params: OpdkitVerlParams) -> StepBatch:
-    """The TransferQueue rows of one step (nested per-sample tensors) -> padded ``StepBatch``.
+def driver_batch_from_tq(data: TensorDict, params: OpdkitVerlParams) -> DriverBatch:
+    """The TransferQueue rows of one step (nested per-sample tensors) -> padded ``DriverBatch``.
 
     ``teacher_logprobs`` covers prompt + response ((S, 1) per sample); ``response_from_nested`` slices the
     response the way verl slices model log-probs (the teacher's are stored already shifted by one).
@@ -57,7 +57,7 @@ def step_batch_from_tq(data: TensorDict, params: OpdkitVerlParams) -> StepBatch:
     rest = [name for name in data.keys() if name != "teacher_logprobs"]  # noqa: SIM118
     padded = DataProto(batch=data.select(*rest).to_padded_tensor())
     uids = np.array(padded.batch.pop("uid").tolist(), dtype=object)  # as verl's own advantage step reads it
-    return StepBatch(
+    return DriverBatch(
         rewards_N=padded.batch["rm_scores"].sum(dim=-1),
         group_ids_N=group_ids_from_uids(uids.tolist()),
         mask_N_T=padded.batch["response_mask"],
@@ -89,7 +89,7 @@ class OpdkitSyncTrainer(PPOTrainerSync):
         data = tq.kv_batch_get(
             keys=batch.keys, partition_id=batch.partition_id, select_fields=_select_fields(params)
         )
-        weights = step_weights(step_batch_from_tq(data, params), params)
+        weights = step_weights(driver_batch_from_tq(data, params), params)
         output = per_token_fields(weights.fields_N, data["response_mask"])
         metrics.update(weights.metrics)
         return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=output)

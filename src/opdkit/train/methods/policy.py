@@ -14,14 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from opdkit.core.advantages import grpo_advantages, opd_advantages
-from opdkit.core.losses import (
-    LossOutput,
-    aggregate,
-    aggregation_denominator,
-    clipped_surrogate,
-    masked_mean,
-    surrogate_metrics,
-)
+from opdkit.core.losses import LossOutput, aggregation_denominator, clipped_policy_loss, masked_mean
 from opdkit.core.registry import Registry
 from opdkit.train.batch import Prepared, StepBatch, old_or_current
 from opdkit.train.forward import policy_logp
@@ -70,12 +63,11 @@ def policy_gradient_loss(
     """Clipped surrogate with ``adv`` ((N,) or (N, T)) aggregated over ``loss_mask`` with ``denom``."""
     logp = policy_logp(ctx.student, batch, ctx.temperature, hidden=ctx.hidden_states)
     old = old_or_current(batch, logp)
-    sur = clipped_surrogate(
-        logp, old, adv,
-        clip_low=cfg.clip_low, clip_high=cfg.clip_high, dual_clip=cfg.dual_clip, mask_N_T=loss_mask_N_T,
+    return clipped_policy_loss(
+        logp, old, adv, loss_mask_N_T,
+        clip_low=cfg.clip_low, clip_high=cfg.clip_high, dual_clip=cfg.dual_clip, mode=cfg.agg,
+        global_denominator=denom,
     )  # fmt: skip
-    loss = aggregate(sur.loss_N_T, loss_mask_N_T, cfg.agg, global_denominator=denom)
-    return LossOutput(loss, sur.loss_N_T, surrogate_metrics(sur, logp, old, loss_mask_N_T))
 
 
 class Grpo(Method):

@@ -29,11 +29,12 @@ from dataclasses import dataclass
 
 import torch
 
+from opdkit.core.composition import ScopePaths, ScopeSwitches, scope_exponents, scope_path_weights
 from opdkit.core.groups import sequence_mean
 from opdkit.core.microbatch import balanced_micro_batches, micro_batch_scales
 from opdkit.core.objectives import ClipConfig, ScopeDenominators, ScopeInputs, scope_denominators, scope_loss
 from opdkit.core.registry import Registry
-from opdkit.core.weights import SCOPE_SIGN_PRESETS, ScopeWeights, scope_weights
+from opdkit.core.weights import ScopeWeights
 from opdkit.train.batch import Prepared, StepBatch
 from opdkit.train.configio import doc
 from opdkit.train.forward import policy_logp
@@ -74,17 +75,19 @@ class ScopeConfig(MethodConfig):
             raise ValueError(
                 f"unknown method.loss_averaging {self.loss_averaging!r}; valid: {', '.join(LOSS_AVERAGING)}"
             )
-        if self.sign_preset not in SCOPE_SIGN_PRESETS:
-            raise ValueError(
-                f"unknown scope sign_preset {self.sign_preset!r}; valid: {', '.join(SCOPE_SIGN_PRESETS)}"
-            )
+        scope_exponents(self.sign_preset)  # rejects an unknown preset, listing the valid ones
 
     def exponents(self) -> tuple[float, float]:
-        student, teacher = SCOPE_SIGN_PRESETS[self.sign_preset]
-        return (
-            student if self.student_exponent is None else self.student_exponent,
-            teacher if self.teacher_exponent is None else self.teacher_exponent,
-        )
+        return scope_exponents(self.sign_preset, self.student_exponent, self.teacher_exponent)
+
+    def switches(self) -> ScopeSwitches:
+        """The weighting parameters and ablation switches as ``core.composition`` takes them."""
+        student_exp, teacher_exp = self.exponents()
+        return ScopeSwitches(
+            tau=self.tau, student_exponent=student_exp, teacher_exponent=teacher_exp,
+            normalization=self.normalization, dual_path=self.dual_path, use_seq_weights=self.use_seq_weights,
+            use_student_weights=self.use_student_weights, use_teacher_weights=self.use_teacher_weights,
+        )  # fmt: skip
 
 
 LOSS_AVERAGING = ("minibatch", "microbatch")
@@ -107,26 +110,12 @@ def _micro_batch_factors(
 
 def _weights(
     cfg: ScopeConfig, batch: StepBatch, teacher_logp: torch.Tensor, valid_N: torch.Tensor
-) -> ScopeWeights:
-    """SCOPE weights with the ablation switches applied (§5.6)."""
-    correct = batch.success_N.to(torch.bool)
-    wrong_ok = (~correct & valid_N).float()
-    if not cfg.dual_path:  # plain OPD: weight 1 on every scored row, no MLE path
-        return ScopeWeights(student_N=torch.zeros_like(wrong_ok), teacher_N=valid_N.float())
-    student_exp, teacher_exp = cfg.exponents()
-    w = scope_weights(
-        sequence_mean(batch.old_logp_N_T, batch.response_mask_N_T),  # ℓS: pre-update student, §5.3
-        sequence_mean(teacher_logp, batch.response_mask_N_T),  # ℓT: teacher on the sampled tokens
-        correct, batch.group_ids_N,
-        tau=cfg.tau, student_exponent=student_exp, teacher_exponent=teacher_exp,
-        normalization=cfg.normalization, valid_N=valid_N,
+) -> ScopePaths:
+    """SCOPE's routing and path weights with the ablation switches applied (``core.composition``, §5.6)."""
+    return scope_path_weights(
+        batch.old_logp_N_T, teacher_logp, batch.response_mask_N_T, batch.success_N, batch.group_ids_N,
+        valid_N=valid_N, switches=cfg.switches(),
     )  # fmt: skip
-    use_student = cfg.use_seq_weights and cfg.use_student_weights
-    use_teacher = cfg.use_seq_weights and cfg.use_teacher_weights
-    return ScopeWeights(
-        student_N=w.student_N if use_student else correct.float(),
-        teacher_N=w.teacher_N if use_teacher else wrong_ok,
-    )
 
 
 def _row_diagnostics(
@@ -157,8 +146,8 @@ class Scope(Method):
 
     def prepare(self, cfg: ScopeConfig, batch: StepBatch, ctx: MethodContext) -> Prepared:
         teacher = score_with_teacher(batch, ctx)
-        w = _weights(cfg, batch, teacher.logp_N_T, teacher.valid_N)
-        correct = batch.success_N.to(torch.bool) if cfg.dual_path else torch.zeros_like(teacher.valid_N)
+        paths = _weights(cfg, batch, teacher.logp_N_T, teacher.valid_N)
+        w, correct = paths.weights, paths.correct_N
         rows = {
             "teacher_logp_N_T": teacher.logp_N_T,
             "teacher_valid_N": teacher.valid_N,

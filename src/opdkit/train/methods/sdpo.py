@@ -13,13 +13,14 @@ A step whose question weights are all zero makes no update and no EMA update (§
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from opdkit.core.chunked import ChunkSettings, DivergenceSpec, LossWeighting, chunked_distillation_loss
+from opdkit.core.composition import QuestionWeightInputs, question_pass_rates, question_weights
 from opdkit.core.divergences import distillation_token_loss, sampled_token_distill_loss
-from opdkit.core.groups import group_index, group_mean
 from opdkit.core.losses import (
     AGG_MODES,
     DENOMINATORS,
@@ -30,7 +31,7 @@ from opdkit.core.losses import (
 from opdkit.core.objectives import DistillAggregation, self_distillation_loss
 from opdkit.core.registry import Registry
 from opdkit.core.sequence import left_pad, token_logp
-from opdkit.core.weights import hard_filter_weights, paced_weights, pass_rate_weights
+from opdkit.core.weights import paced_weights
 from opdkit.teachers.self_teacher import RolloutTexts, build_teacher_context
 from opdkit.train.batch import Prepared, StepBatch, old_or_current
 from opdkit.train.configio import doc
@@ -134,10 +135,21 @@ class Sdpo(Method):
     config_type = SdpoConfig
     uses_self_teacher = True
     description = "SDPO: self-distillation from the EMA self-teacher with a sibling in context (§4)"
+    #: name in ``core.composition.QUESTION_WEIGHTINGS`` of the question weight, None for plain SDPO
+    weighting: str | None = None
 
     def question_weights(self, cfg: SdpoConfig, batch: StepBatch, ctx: MethodContext) -> torch.Tensor | None:
-        """w_q(i) per row, or None for plain SDPO."""
-        return None
+        """w_q(i) per row from the registered question weighting, or None for plain SDPO."""
+        if self.weighting is None:
+            return None
+        inputs = QuestionWeightInputs(
+            success_N=batch.success_N,
+            group_ids_N=batch.group_ids_N,
+            example_index_N=batch.example_index_N,
+            offline_weights_D=ctx.paced_weights_D,
+            alpha=getattr(cfg, "sc_alpha", 0.5),  # only SC-SDPO's config has an exponent
+        )
+        return question_weights(self.weighting, inputs)
 
     def needs_old_logp(self, cfg: SdpoConfig) -> bool:
         # On-policy the IS weight is min(exp(0), c) = 1 for any cap c >= 1: the old log-probs are not needed.
@@ -217,12 +229,12 @@ def question_diagnostics(
     """Per question of the step (P lists): its pass rate p_q, its weight w_q (1 for plain SDPO) and the
     fraction of its rows with a teacher context; w_q × that fraction is the question's share of the loss,
     so these show where the weight goes (SC-SDPO's sweet spot at p = 1/2)."""
-    idx = group_index(batch.group_ids_N.cpu())
+    rates = question_pass_rates(batch.success_N.cpu(), batch.group_ids_N.cpu())
     w_N = torch.ones(batch.n) if weights_N is None else weights_N.detach().float().cpu()
     return {
-        "question/pass_rate": group_mean(batch.success_N.float().cpu(), idx).tolist(),
-        "question/weight": group_mean(w_N, idx).tolist(),
-        "question/context_fraction": group_mean(sd_mask_N.float().cpu(), idx).tolist(),
+        "question/pass_rate": rates.pass_rate_Q.tolist(),
+        "question/weight": rates.per_question(w_N).tolist(),
+        "question/context_fraction": rates.per_question(sd_mask_N.float().cpu()).tolist(),
     }
 
 
@@ -232,49 +244,57 @@ def chunk_settings(cfg: SdpoConfig, ctx: MethodContext) -> ChunkSettings:
     )
 
 
-def _per_row(weights_P: torch.Tensor, batch: StepBatch) -> torch.Tensor:
-    idx = group_index(batch.group_ids_N)
-    return weights_P[idx.inverse_N]
+def paced_setup(cfg: PacedConfig, ctx: MethodContext) -> None:
+    """PACED's frozen per-example weights from the initial policy's offline pass rates, once (§7.3)."""
+    if ctx.paced_weights_D is not None:  # restored from a checkpoint: the weights are frozen
+        return
+    p0_D = ctx.estimate_pass_rates(cfg.offline_samples, cfg.offline_temperature)
+    ctx.paced_weights_D = paced_weights(p0_D, a=cfg.kernel_a, b=cfg.kernel_b)
 
 
-def _pass_rates_P(batch: StepBatch) -> torch.Tensor:
-    return group_mean(batch.success_N.float(), group_index(batch.group_ids_N))
+@dataclass(frozen=True)
+class SdpoVariant:
+    """One question-weighted SDPO method: its name, the question weighting it multiplies the loss by (a name
+    in ``core.composition.QUESTION_WEIGHTINGS``), its config section, its one-line description and an
+    optional set-up run once before training."""
+
+    name: str
+    weighting: str
+    config_type: type
+    description: str
+    min_group_size: int = 2  # pass-rate weightings compare a rollout with its siblings
+    setup: Callable[..., None] | None = None  # (cfg, ctx) -> None
 
 
-class ScSdpo(Sdpo):
-    config_type = ScSdpoConfig
-    min_group_size = 2
-    description = "SC-SDPO: SDPO × (p(1−p))^α normalised to mean 1 over informative questions (§6)"
+class WeightedSdpo(Sdpo):
+    """SDPO × w_q(i) (§6.2) for the weighting of one ``SdpoVariant``."""
 
-    def question_weights(self, cfg: ScSdpoConfig, batch, ctx):
-        return _per_row(pass_rate_weights(_pass_rates_P(batch), alpha=cfg.sc_alpha), batch)
+    def __init__(self, variant: SdpoVariant) -> None:
+        self.variant = variant
+        self.weighting = variant.weighting
+        self.config_type = variant.config_type
+        self.description = variant.description
+        self.min_group_size = variant.min_group_size
 
-
-class SdpoHardFilter(Sdpo):
-    config_type = HardFilterConfig
-    min_group_size = 2
-    description = "SDPO with a hard filter: only questions with 0 < p < 1 (§6.4)"
-
-    def question_weights(self, cfg, batch, ctx):
-        return _per_row(hard_filter_weights(_pass_rates_P(batch)), batch)
+    def setup(self, cfg: SdpoConfig, ctx: MethodContext) -> None:
+        if self.variant.setup is not None:
+            self.variant.setup(cfg, ctx)
 
 
-class SdpoPaced(Sdpo):
-    config_type = PacedConfig
-    description = "SDPO with PACED weights p0(1−p0) from a frozen offline pass (§7.3)"
-
-    def setup(self, cfg: PacedConfig, ctx: MethodContext) -> None:
-        if ctx.paced_weights_D is not None:  # restored from a checkpoint: the weights are frozen
-            return
-        p0_D = ctx.estimate_pass_rates(cfg.offline_samples, cfg.offline_temperature)
-        ctx.paced_weights_D = paced_weights(p0_D, a=cfg.kernel_a, b=cfg.kernel_b)
-
-    def question_weights(self, cfg, batch, ctx):
-        return ctx.paced_weights_D.to(batch.example_index_N.device)[batch.example_index_N]
+#: The question-weighted SDPO methods. Adding one is one entry here and one function registered in
+#: ``core.composition.QUESTION_WEIGHTINGS`` (plus a config class when it has a parameter of its own).
+SDPO_VARIANTS = (
+    SdpoVariant("sc_sdpo", "pass_rate", ScSdpoConfig,
+                "SC-SDPO: SDPO × (p(1−p))^α normalised to mean 1 over informative questions (§6)"),
+    SdpoVariant("sdpo_hard_filter", "hard_filter", HardFilterConfig,
+                "SDPO with a hard filter: only questions with 0 < p < 1 (§6.4)"),
+    SdpoVariant("sdpo_paced", "paced", PacedConfig,
+                "SDPO with PACED weights p0(1−p0) from a frozen offline pass (§7.3)",
+                min_group_size=1, setup=paced_setup),
+)  # fmt: skip
 
 
 def register(methods: Registry) -> None:
     methods.add("sdpo", Sdpo())
-    methods.add("sc_sdpo", ScSdpo())
-    methods.add("sdpo_hard_filter", SdpoHardFilter())
-    methods.add("sdpo_paced", SdpoPaced())
+    for variant in SDPO_VARIANTS:
+        methods.add(variant.name, WeightedSdpo(variant))

@@ -21,6 +21,7 @@ from opdkit.core.chunked import (
     chunked_distillation_loss,
     chunked_token_logp,
 )
+from opdkit.core.composition import srpo_entropy_weights
 from opdkit.core.divergences import entropy_from_logits, topk_with_tail
 from opdkit.core.losses import (
     LossOutput,
@@ -31,7 +32,7 @@ from opdkit.core.losses import (
 )
 from opdkit.core.objectives import DistillAggregation, srpo_loss
 from opdkit.core.registry import Registry
-from opdkit.core.weights import SrpoRouting, entropy_weights, srpo_routing
+from opdkit.core.weights import SrpoRouting, srpo_routing
 from opdkit.train.batch import Prepared, StepBatch
 from opdkit.train.forward import (
     self_teacher_hidden,
@@ -83,16 +84,16 @@ class Srpo(Method):
     description = "SRPO: failed-with-correct-sibling -> entropy-weighted SDPO, others -> GRPO (§7.4)"
 
     def prepare(self, cfg: SrpoConfig, batch: StepBatch, ctx: MethodContext) -> Prepared:
-        routing = srpo_routing(batch.success_N, batch.group_ids_N)
         adv_N = grpo_advantages(
             batch.rewards_N, batch.group_ids_N, normalize_std=cfg.normalize_std, eps=cfg.eps
         )
         prompts = teacher_prompt_rows(batch, ctx)
-        sdpo_N = routing.sdpo_N & prompts.sd_mask_N  # a failed row with a correct sibling always has a demo
+        routing = srpo_routing(batch.success_N, batch.group_ids_N, context_N=prompts.sd_mask_N)
+        sdpo_N = routing.sdpo_N
         token_mask = batch.response_mask_N_T.bool() & sdpo_N.unsqueeze(-1)
         rows = {**prompts.rows, "adv_N": adv_N, "sdpo_N": sdpo_N}
-        rows["entropy_weight_N_T"] = entropy_weights(
-            self._teacher_entropy(cfg, batch, rows, ctx), token_mask, beta=cfg.beta
+        rows["entropy_weight_N_T"] = srpo_entropy_weights(
+            self._teacher_entropy(cfg, batch, rows, ctx), batch.response_mask_N_T, sdpo_N, beta=cfg.beta
         )
         metrics = {**prompts.stats, "srpo/sdpo_fraction": float(sdpo_N.float().mean())}
         has_signal = bool(token_mask.any()) or bool((adv_N != 0).any())
