@@ -106,3 +106,30 @@ def test_question_weights_are_equal(step_setup, method, extra, keys):
     plugin_w = step_weights(_driver_batch(batch), vp.parse_params(keys)).fields_N[vp.FIELD_Q_WEIGHT]
     torch.testing.assert_close(plugin_w, trainer_w.float())
     assert trainer_w.min() == 0 < trainer_w.max(), "a degenerate and an informative question, else weak"
+
+
+def test_plugin_leaves_rows_without_teacher_scores_out_of_scope_weights():
+    # One group: wrong rows with ℓT = −0.5, −2.0, a wrong row whose scores never arrived (NaN) and a correct
+    # row. Paper signs, τ = 1, mean1 over the two SCORED wrong rows: 2·softmax(−0.5, −2.0) =
+    # (2/(1+e^−1.5), 2e^−1.5/(1+e^−1.5)) = (1.6351, 0.3649); the unscored row 0. (Before the composition
+    # layer the plugin returned NaN for the whole group, or, zero-filled, 1.72 for the unscored row.)
+    nan = float("nan")
+    teacher = torch.tensor([[-0.5, -0.5], [-2.0, -2.0], [nan, nan], [-1.0, -1.0]])
+    step = DriverBatch(
+        rewards_N=torch.tensor([0.0, 0.0, 0.0, 1.0]),
+        group_ids_N=torch.zeros(4, dtype=torch.int64),
+        mask_N_T=torch.ones(4, 2, dtype=torch.bool),
+        old_logp_N_T=torch.full((4, 2), -1.0),
+        teacher_logp_N_T=teacher,
+    )
+    e = torch.tensor(-1.5).exp()
+    expected = torch.tensor([2 / (1 + e), 2 * e / (1 + e), 0.0, 0.0])
+    params = vp.parse_params({"weighting": "scope"})
+    torch.testing.assert_close(step_weights(step, params).fields_N[vp.FIELD_W_TEACHER], expected)
+    # an explicit flag does the same for a row whose placeholder scores are finite (here zeros)
+    flagged = dataclasses.replace(
+        step,
+        teacher_logp_N_T=torch.nan_to_num(teacher),
+        teacher_valid_N=torch.tensor([True, True, False, True]),
+    )
+    torch.testing.assert_close(step_weights(flagged, params).fields_N[vp.FIELD_W_TEACHER], expected)
