@@ -88,6 +88,7 @@ def step_setup(tiny_dirs, toy_data, overrides):
     from opdkit.train.methods import MethodContext
     from opdkit.train.rollouts import RolloutRequest, collect_rollouts
     from opdkit.train.setup import load_data, load_models
+    from opdkit.train.student import choose_forward
 
     def build(method: str, successes=None, extra=()):
         torch.manual_seed(0)
@@ -98,6 +99,7 @@ def step_setup(tiny_dirs, toy_data, overrides):
             student=models.student,
             tokenizer=models.tokenizer,
             temperature=1.0,
+            forward=choose_forward(models.student, True),  # hidden states: the tiny model passes the check
             teacher=LocalTeacher.from_path(str(tiny_dirs["teacher"])),
             self_teacher=make_teacher_weights(models.student, cfg.self_teacher),
             self_teacher_options=cfg.self_teacher,

@@ -33,7 +33,7 @@ class RolloutRequest:
     first_group_id: int
     logprob_temperature: float
     micro_batch_size: int
-    hidden_states: bool = True
+    hidden_states: bool = True  # the run's forward path (``ForwardPath.hidden``, checked at set-up)
     micro_batch_tokens: int = 0  # token budget of the old log-probs' forwards (``update.micro_batch_rows``)
     old_logprobs: bool = True  # False: leave old_logp_N_T None (one on-policy update; see StepBatch)
 
@@ -79,7 +79,7 @@ def collect_rollouts(
     )
     if req.old_logprobs:
         rows = micro_batch_size(batch, req.micro_batch_size, req.micro_batch_tokens)
-        old = old_logprobs(model, batch, req.logprob_temperature, rows, hidden=req.hidden_states)
+        old = old_logprobs(model, batch.sequences(), req.logprob_temperature, rows, hidden=req.hidden_states)
         batch = StepBatch(**{**batch.__dict__, "old_logp_N_T": old})
     return Rollouts(batch=batch, metrics=rollout_metrics(batch))
 

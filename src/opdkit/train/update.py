@@ -29,8 +29,9 @@ from typing import Any
 import torch
 
 from opdkit.core.groups import group_index
-from opdkit.train.batch import Prepared, StepBatch, micro_batch_size
-from opdkit.train.methods.base import Method, MethodContext
+from opdkit.core.losses import LossOutput
+from opdkit.train.batch import Prepared, R, StepBatch, micro_batch_size
+from opdkit.train.methods.base import Method, MethodConfig, MethodContext
 from opdkit.train.precision import LossScaler, autocast
 from opdkit.train.weight_guard import guarded_step
 
@@ -103,16 +104,17 @@ class UpdateSettings:
 
 
 def run_updates(
-    method: Method,
-    method_cfg: Any,
+    method: Method[R],
+    method_cfg: MethodConfig,
     batch: StepBatch,
-    prepared: Prepared,
+    prepared: Prepared[R],
     ctx: MethodContext,
     optim: tuple[torch.optim.Optimizer, Any],
     settings: UpdateSettings,
     bad_streak: int = 0,
 ) -> UpdateStats:
-    """All optimizer updates of one step; the EMA self-teacher follows each successful update (§4.6).
+    """All optimizer updates of one step; the EMA self-teacher follows each successful update (§4.6). The
+    student's forward runs once per micro-batch (``micro_batch_loss``).
 
     ``bad_streak``: refused updates in a row before this step; the step makes no more updates once the
     streak reaches ``settings.max_bad_updates``.
@@ -129,14 +131,16 @@ def run_updates(
     for rows in mini_batches:
         if 0 < settings.max_bad_updates <= stats.bad_streak:
             break
-        mini, mini_prep = batch.select(rows), prepared.select(rows)
-        denoms = method.denominators(method_cfg, mini, mini_prep)
+        mini, mini_rows = batch.select(rows), prepared.rows.select(rows)
+        denoms = method.denominators(method_cfg, mini, mini_rows)
         optimizer.zero_grad(set_to_none=True)
         total, finite = 0.0, True
         size = micro_batch_size(mini, settings.micro_batch_size, settings.micro_batch_tokens)
         for micro in _micro_rows(mini.n, size):
             with autocast(settings.dtype, device):
-                out = method.loss(method_cfg, mini.select(micro), mini_prep.select(micro), denoms, ctx)
+                out = micro_batch_loss(
+                    method, method_cfg, mini.select(micro), mini_rows.select(micro), denoms, ctx
+                )
             if not torch.isfinite(out.loss):
                 finite = False
                 break
@@ -166,6 +170,15 @@ def run_updates(
         stats.values["update_ratio"].append(check.ratio)
     optimizer.zero_grad(set_to_none=True)  # free the gradients before the next rollout needs the memory
     return stats
+
+
+def micro_batch_loss(
+    method: Method[R], method_cfg: MethodConfig, micro: StepBatch, rows: R, denoms: dict[str, torch.Tensor],
+    ctx: MethodContext,
+) -> LossOutput:  # fmt: skip
+    """The student's one forward on ``micro`` (on the run's path, ``ctx.forward``), then the method's loss."""
+    out = ctx.forward.student(ctx.student, micro.sequences(), ctx.temperature)
+    return method.loss(method_cfg, micro, rows, denoms, out, ctx)
 
 
 def step_without_signal(
