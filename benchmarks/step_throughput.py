@@ -310,7 +310,7 @@ PHASES = {
         ("  decode loop (rollout.decode)", "opdkit/rollout/decode.py", "decode"),
         ("    token draw (inverse CDF)", "opdkit/rollout/decode.py", "inverse_cdf_draw"),
         ("  HF generate (models without a plain cache)", "transformers/generation/utils.py", "generate"),
-        ("  old log-probs forward", "opdkit/train/forward.py", "old_logprobs"),
+        ("  old log-probs forward", "opdkit/train/student.py", "old_logprobs"),
         ("prepare (advantages / teacher prompts)", "opdkit/train/methods/", "prepare"),
         ("updates (run_updates)", "opdkit/train/update.py", "run_updates"),
         ("  loss: student forward", "opdkit/train/student.py", "student"),

@@ -106,7 +106,7 @@ def step_setup(tiny_dirs, toy_data, overrides):
         )
         params = SamplingParams(n=4, temperature=1.0, max_new_tokens=6)
         request = RolloutRequest([0, 1, 2, 3], params, seed=3, first_group_id=0, logprob_temperature=1.0,
-                                 micro_batch_size=0)  # fmt: skip
+                                 micro_batch_size=0, forward=ctx.forward)  # fmt: skip
         batch = collect_rollouts(models.student, models.tokenizer, data, VerifierCache(), request).batch
         if successes is not None:
             s = torch.tensor(successes, dtype=torch.bool)

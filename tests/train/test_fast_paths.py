@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from opdkit.train import load_config, train
-from opdkit.train.batch import StepBatch
+from opdkit.train.batch import Sequences, StepBatch
 from opdkit.train.methods import METHODS
 from opdkit.train.prefix import packed_hidden, prefix_sharing_ok, response_hidden, shared_prompts
-from opdkit.train.student import FULL_LOGITS, HIDDEN_STATES
+from opdkit.train.student import FULL_LOGITS, HIDDEN_STATES, choose_forward
 from opdkit.train.update import UpdateSettings, micro_batch_loss, run_updates
 
 # 4 groups of 4: pass rates 0.5, 0.25, 0 and 1 (the self-teacher prompts then repeat within groups).
@@ -63,7 +63,8 @@ def test_shared_prompt_forward_equals_the_packed_forward(step_setup):
     keep = batch.response_mask_N_T.bool()
     for name, (ids, mask) in prompt_sets.items():
         args = (ids, mask, batch.response_ids_N_T, batch.response_mask_N_T)
-        mine, ref = response_hidden(model, *args), packed_hidden(model.get_decoder(), *args)
+        mine = response_hidden(model, *args, share_prompts=True)
+        ref = packed_hidden(model.get_decoder(), *args)
         assert mine.shape == ref.shape == (batch.n, batch.response_ids_N_T.shape[1], ref.shape[-1])
         torch.testing.assert_close(mine[keep], ref[keep], atol=1e-5, rtol=1e-5, msg=name)
         w = torch.randn(ref.shape, generator=torch.Generator().manual_seed(0)) * keep.unsqueeze(-1)
@@ -89,9 +90,12 @@ def test_a_sliding_window_model_uses_the_packed_forward():
     mask = torch.ones_like(ids)
     resp = torch.tensor([[6, 7, 8, 9], [10, 11, 12, 13]])
     assert not prefix_sharing_ok(model)
+    path = choose_forward(model, True)  # the run's choice: hidden states, without prompt sharing
+    assert path.hidden and not path.share_prompts
     with torch.no_grad():
         args = (ids, mask, resp, torch.ones_like(resp))
-        assert torch.equal(response_hidden(model, *args), packed_hidden(model.get_decoder(), *args))
+        mine = path.student(model, Sequences(*args), 1.0).hidden.hidden_N_T_H
+        assert torch.equal(mine, packed_hidden(model.get_decoder(), *args))
 
 
 def _loss_and_grad(name, cfg, batch, ctx, prepared):

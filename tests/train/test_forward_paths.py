@@ -4,7 +4,7 @@
   loss, parameter gradient and metrics: each method has one loss body, so this guards the adapter.
 - ``choose_forward`` checks the model when the run starts and leaves nothing on the model object; a model
   whose head does not reproduce its logits (logit soft-capping) gets full logits, and so does a method whose
-  loss needs them (SDPO's sampled-token surrogate).
+  loss needs them (SDPO's sampled-token surrogate); activation checkpointing turns prompt sharing off.
 - ``Rows.select`` slices every tensor field of a method's hand-off, nested ``Rows`` too; None passes through.
 """
 
@@ -17,7 +17,7 @@ import torch
 
 from opdkit.train.batch import Prepared, Rows
 from opdkit.train.methods import METHODS
-from opdkit.train.student import FULL_LOGITS, HIDDEN_STATES, choose_forward
+from opdkit.train.student import FULL_LOGITS, HIDDEN_STATES, HiddenStateForward, choose_forward
 from opdkit.train.update import UpdateSettings, micro_batch_loss, run_updates
 
 # 4 groups of 4: pass rates 0.5, 0.25, 0 and 1.
@@ -78,10 +78,13 @@ def test_a_soft_capped_model_gets_full_logits_and_keeps_no_flag():
     )
     # logits = 0.5·tanh(z/0.5) ≠ hidden·Wᵀ: the chunked path would compute another distribution
     assert choose_forward(capped, True) is FULL_LOGITS
-    assert choose_forward(plain, True) is HIDDEN_STATES
+    assert choose_forward(plain, True) == HIDDEN_STATES  # hidden states, sharing repeated prompts
     assert choose_forward(plain, False) is FULL_LOGITS
     for model in (capped, plain):
         assert not [k for k in vars(model) if k.startswith("_opdkit")]  # decided per run, not on the model
+    # checkpointed layers cannot keep the shared prompts' cache across two calls: no sharing then
+    (getattr(plain, "activation_checkpointing_enable", None) or plain.gradient_checkpointing_enable)()
+    assert choose_forward(plain, True) == HiddenStateForward(share_prompts=False)
 
 
 def test_the_sampled_token_surrogate_asks_for_full_logits_and_is_sdpo_on_them(step_setup):

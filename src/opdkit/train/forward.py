@@ -10,7 +10,7 @@ columns P−1 .. P+T−2 of each forward, P being the prompt width of *that* for
 - full logits: ``model(...).logits`` sliced to the response positions (any causal LM).
 Which one a run uses is chosen once when it starts (``train.student.choose_forward``): the hidden-state path
 needs a model whose head reproduces its logits (``hidden_path_ok``); a model with logit soft-capping or
-scaling gets full logits.
+scaling gets full logits. Prompt sharing is decided then too (``prefix.prefix_sharing_ok``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from opdkit.core.chunked import LinearHead, StudentInputs, TeacherHidden, chunked_token_logp
+from opdkit.core.chunked import LinearHead, TeacherHidden
 from opdkit.core.sequence import pack, token_logp
 from opdkit.train.batch import Sequences
 from opdkit.train.prefix import response_hidden
@@ -47,12 +47,13 @@ def output_head(model: torch.nn.Module) -> LinearHead:
     return LinearHead(out.weight, getattr(out, "bias", None))
 
 
-def forward_hidden(model: torch.nn.Module, seqs: Sequences) -> TeacherHidden:
-    """The decoder's final hidden states at the response positions (N, T, H) and the output head; each
-    distinct prompt is run once (``train.prefix``)."""
+def forward_hidden(model: torch.nn.Module, seqs: Sequences, *, share_prompts: bool) -> TeacherHidden:
+    """The decoder's final hidden states at the response positions (N, T, H) and the output head; with
+    ``share_prompts`` each distinct prompt is run once (``train.prefix``)."""
     hidden = response_hidden(
-        model, seqs.prompt_ids_N_P, seqs.prompt_mask_N_P, seqs.response_ids_N_T, seqs.response_mask_N_T
-    )
+        model, seqs.prompt_ids_N_P, seqs.prompt_mask_N_P, seqs.response_ids_N_T, seqs.response_mask_N_T,
+        share_prompts=share_prompts,
+    )  # fmt: skip
     return TeacherHidden(hidden, output_head(model))
 
 
@@ -74,30 +75,3 @@ def _hidden_matches_logits(model: torch.nn.Module) -> bool:
     head = output_head(model)
     mine = hidden @ head.weight_V_H.T + (head.bias_V if head.bias_V is not None else 0)
     return torch.allclose(mine.float(), model(input_ids=ids).logits.float(), atol=1e-3, rtol=1e-3)
-
-
-def policy_logp(model: torch.nn.Module, seqs: Sequences, temperature: float, *, hidden: bool) -> torch.Tensor:
-    """log π(y_t | x, y_<t) of the sampled tokens (N, T), 0 at padding; chunked from hidden states if
-    ``hidden`` (the run's forward path), else from full logits."""
-    if hidden:
-        view = forward_hidden(model, seqs)
-        inputs = StudentInputs(view.hidden_N_T_H, view.head, seqs.response_ids_N_T, seqs.response_mask_N_T)
-        return chunked_token_logp(inputs, temperature=temperature).logp_N_T
-    out = forward_response(model, seqs, temperature).logp_N_T
-    return torch.where(seqs.response_mask_N_T.bool(), out, torch.zeros_like(out))
-
-
-@torch.no_grad()
-def old_logprobs(
-    model: torch.nn.Module, seqs: Sequences, temperature: float, micro_batch: int, *, hidden: bool = True
-) -> torch.Tensor:
-    """Pre-update log-probs of the sampled tokens (N, T), computed in micro-batches under no-grad."""
-    was_training = model.training
-    model.eval()
-    out = []
-    step = micro_batch or seqs.n
-    for start in range(0, seqs.n, step):
-        rows = torch.arange(start, min(start + step, seqs.n))
-        out.append(policy_logp(model, seqs.select(rows), temperature, hidden=hidden))
-    model.train(was_training)
-    return torch.cat(out)

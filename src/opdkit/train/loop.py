@@ -147,8 +147,8 @@ def train(
             first_group_id=step * cfg.rollout.prompts_per_step,
             logprob_temperature=logprob_t,
             micro_batch_size=cfg.optim.micro_batch_size,
+            forward=ctx.forward,
             micro_batch_tokens=cfg.optim.micro_batch_tokens,
-            hidden_states=ctx.forward.hidden,
             # one update per step: the loss's current log-probs are the old ones (§2.2), no extra forward
             old_logprobs=cfg.optim.mini_batches > 1 or method.needs_old_logp(cfg.method),
         )

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import torch
 
@@ -41,6 +41,7 @@ from opdkit.core.sequence import token_logp
 from opdkit.teachers.self_teacher import TeacherWeights
 from opdkit.train.batch import Sequences
 from opdkit.train.forward import forward_hidden, forward_response, hidden_path_ok
+from opdkit.train.prefix import prefix_sharing_ok
 
 
 @dataclass(frozen=True)
@@ -213,21 +214,26 @@ def _metrics(
     return metrics
 
 
+@dataclass(frozen=True)
 class HiddenStateForward:
-    """Hidden states + output head for the student and the self-teacher; ``core.chunked`` on them."""
+    """Hidden states + output head for the student and the self-teacher; ``core.chunked`` on them.
 
-    hidden = True
+    share_prompts: run each distinct prompt once (``train.prefix``; decided by ``prefix_sharing_ok``).
+    """
+
+    share_prompts: bool = True
+    hidden: ClassVar[bool] = True
 
     def student(self, model: torch.nn.Module, seqs: Sequences, temperature: float) -> StudentOutput:
-        return StudentOutput(seqs, temperature, hidden=forward_hidden(model, seqs))
+        view = forward_hidden(model, seqs, share_prompts=self.share_prompts)
+        return StudentOutput(seqs, temperature, hidden=view)
 
     def self_teacher(self, weights, student, seqs, temperature, rows_M=None) -> TeacherOutput:
         seqs, rows_M = _teacher_rows(seqs, rows_M)
         if rows_M is not None and rows_M.numel() == 0:
             return TeacherOutput(rows_M=rows_M)
-        return TeacherOutput(
-            hidden=weights.hidden(_teacher_run(seqs, forward_hidden), student), rows_M=rows_M
-        )
+        run = _teacher_run(seqs, lambda m, s: forward_hidden(m, s, share_prompts=self.share_prompts))
+        return TeacherOutput(hidden=weights.hidden(run, student), rows_M=rows_M)
 
     def distill(self, out, teacher, weighting, settings, *, sampled_token=False, logp_everywhere=False):
         """``core.chunked.chunked_distillation_loss``; the teacher's hidden states are zeros on the rows it
@@ -261,6 +267,26 @@ FULL_LOGITS = FullLogitForward()
 
 
 def choose_forward(model: torch.nn.Module, requested: bool) -> ForwardPath:
-    """The run's path: hidden states where ``requested`` and ``model``'s head reproduces its logits, else full
-    logits. Called once when the run starts (the check runs a short forward)."""
-    return HIDDEN_STATES if requested and hidden_path_ok(model) else FULL_LOGITS
+    """The run's path: hidden states where ``requested`` and ``model``'s head reproduces its logits (sharing
+    repeated prompts where ``prefix_sharing_ok``), else full logits. Called once when the run starts (the
+    checks run short forwards); the self-teacher, a copy of the student, follows the same path."""
+    if not (requested and hidden_path_ok(model)):
+        return FULL_LOGITS
+    return HiddenStateForward(share_prompts=prefix_sharing_ok(model))
+
+
+@torch.no_grad()
+def old_logprobs(
+    path: ForwardPath, model: torch.nn.Module, seqs: Sequences, temperature: float, micro_batch: int
+) -> torch.Tensor:
+    """Pre-update log-probs of the sampled tokens (N, T), 0 at padding, in micro-batches of ``micro_batch``
+    rows (0: all) under no-grad, on the run's path."""
+    was_training = model.training
+    model.eval()
+    out = []
+    step = micro_batch or seqs.n
+    for start in range(0, seqs.n, step):
+        rows = torch.arange(start, min(start + step, seqs.n))
+        out.append(path.student(model, seqs.select(rows), temperature).logp_N_T)
+    model.train(was_training)
+    return torch.cat(out)
