@@ -5,6 +5,9 @@ columns, responses right-padded to T. ``old_logp_N_T`` is the pre-update student
 token at the log-prob temperature (detached); on-policy it equals the current log-prob, so the PPO ratio is 1.
 It is None when the loop did not compute it: a step with one optimizer update whose method needs the old
 log-probs only inside the loss, where they equal the current ones (``old_or_current``, §2.2).
+
+Also here: ``Sequences``, the four tensors a model forward reads; ``Rows``, the base of each method's typed
+hand-off from ``prepare`` to ``loss`` with the one row selection; ``Prepared``, what ``prepare`` returns.
 """
 
 from __future__ import annotations

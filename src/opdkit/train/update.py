@@ -122,7 +122,6 @@ def run_updates(
     optimizer, scheduler = optim
     stats = UpdateStats(bad_streak=bad_streak)
     scaler = settings.scaler or LossScaler("float32", "cpu")
-    device = next(ctx.student.parameters()).device
     params = [p for p in ctx.student.parameters() if p.requires_grad]
     mini_batches = mini_batch_rows(batch, settings.mini_batches)
     if batch.old_logp_N_T is None and len(mini_batches) > 1:
@@ -131,23 +130,10 @@ def run_updates(
     for rows in mini_batches:
         if 0 < settings.max_bad_updates <= stats.bad_streak:
             break
-        mini, mini_rows = batch.select(rows), prepared.rows.select(rows)
-        denoms = method.denominators(method_cfg, mini, mini_rows)
         optimizer.zero_grad(set_to_none=True)
-        total, finite = 0.0, True
-        size = micro_batch_size(mini, settings.micro_batch_size, settings.micro_batch_tokens)
-        for micro in _micro_rows(mini.n, size):
-            with autocast(settings.dtype, device):
-                out = micro_batch_loss(
-                    method, method_cfg, mini.select(micro), mini_rows.select(micro), denoms, ctx
-                )
-            if not torch.isfinite(out.loss):
-                finite = False
-                break
-            scaler.backward(out.loss)
-            total += float(out.loss.detach())
-            for k, v in out.metrics.items():
-                stats.values[k].append(v)
+        total = _backward(method, method_cfg, batch.select(rows), prepared.rows.select(rows), ctx, settings,
+                          stats)  # fmt: skip
+        finite = total is not None
         clip = settings.grad_clip if settings.grad_clip > 0 else math.inf
         if finite:
             scaler.unscale(optimizer)
@@ -170,6 +156,29 @@ def run_updates(
         stats.values["update_ratio"].append(check.ratio)
     optimizer.zero_grad(set_to_none=True)  # free the gradients before the next rollout needs the memory
     return stats
+
+
+def _backward(
+    method: Method[R], method_cfg: MethodConfig, mini: StepBatch, rows: R, ctx: MethodContext,
+    settings: UpdateSettings, stats: UpdateStats,
+) -> float | None:  # fmt: skip
+    """Forward and backward of every micro-batch of ``mini`` (gradients accumulate); the summed loss, or None
+    at the first non-finite micro-batch loss (its backward is not run)."""
+    scaler = settings.scaler or LossScaler("float32", "cpu")
+    device = next(ctx.student.parameters()).device
+    denoms = method.denominators(method_cfg, mini, rows)
+    total = 0.0
+    size = micro_batch_size(mini, settings.micro_batch_size, settings.micro_batch_tokens)
+    for micro in _micro_rows(mini.n, size):
+        with autocast(settings.dtype, device):
+            out = micro_batch_loss(method, method_cfg, mini.select(micro), rows.select(micro), denoms, ctx)
+        if not torch.isfinite(out.loss):
+            return None
+        scaler.backward(out.loss)
+        total += float(out.loss.detach())
+        for k, v in out.metrics.items():
+            stats.values[k].append(v)
+    return total
 
 
 def micro_batch_loss(
