@@ -139,21 +139,27 @@ def _teacher_rows(seqs: Sequences, rows_M: torch.Tensor | None) -> tuple[Sequenc
 class FullLogitForward:
     """Full (N, T, V) logits for the student and the self-teacher; ``core.divergences`` on them."""
 
-    hidden = False
+    hidden: ClassVar[bool] = False
 
     def student(self, model: torch.nn.Module, seqs: Sequences, temperature: float) -> StudentOutput:
         return StudentOutput(
             seqs, temperature, logits_N_T_V=forward_response(model, seqs, temperature).logits_N_T_V
         )
 
-    def self_teacher(self, weights, student, seqs, temperature, rows_M=None) -> TeacherOutput:
+    def self_teacher(
+        self, weights: TeacherWeights, student: torch.nn.Module, seqs: Sequences, temperature: float,
+        rows_M: torch.Tensor | None = None,
+    ) -> TeacherOutput:  # fmt: skip
         seqs, rows_M = _teacher_rows(seqs, rows_M)
         if rows_M is not None and rows_M.numel() == 0:
             return TeacherOutput(rows_M=rows_M)
         run = _teacher_run(seqs, lambda m, s: forward_response(m, s, temperature).logits_N_T_V)
         return TeacherOutput(logits_M_T_V=weights.logits(run, student), rows_M=rows_M)
 
-    def distill(self, out, teacher, weighting, settings, *, sampled_token=False, logp_everywhere=False):
+    def distill(
+        self, out: StudentOutput, teacher: TeacherOutput, weighting: LossWeighting, settings: ChunkSettings,
+        *, sampled_token: bool = False, logp_everywhere: bool = False,
+    ) -> Distillation:  # fmt: skip
         """D on the teacher's rows (0 elsewhere), then ``core.objectives.self_distillation_loss`` with the IS
         weight and the caller's weight as detached factors: the same as ``core.chunked`` computes."""
         logp_N_T = out.logp_N_T
@@ -228,14 +234,20 @@ class HiddenStateForward:
         view = forward_hidden(model, seqs, share_prompts=self.share_prompts)
         return StudentOutput(seqs, temperature, hidden=view)
 
-    def self_teacher(self, weights, student, seqs, temperature, rows_M=None) -> TeacherOutput:
+    def self_teacher(
+        self, weights: TeacherWeights, student: torch.nn.Module, seqs: Sequences, temperature: float,
+        rows_M: torch.Tensor | None = None,
+    ) -> TeacherOutput:  # fmt: skip
         seqs, rows_M = _teacher_rows(seqs, rows_M)
         if rows_M is not None and rows_M.numel() == 0:
             return TeacherOutput(rows_M=rows_M)
         run = _teacher_run(seqs, lambda m, s: forward_hidden(m, s, share_prompts=self.share_prompts))
         return TeacherOutput(hidden=weights.hidden(run, student), rows_M=rows_M)
 
-    def distill(self, out, teacher, weighting, settings, *, sampled_token=False, logp_everywhere=False):
+    def distill(
+        self, out: StudentOutput, teacher: TeacherOutput, weighting: LossWeighting, settings: ChunkSettings,
+        *, sampled_token: bool = False, logp_everywhere: bool = False,
+    ) -> Distillation:  # fmt: skip
         """``core.chunked.chunked_distillation_loss``; the teacher's hidden states are zeros on the rows it
         did not run on (outside the loss mask, never read)."""
         if sampled_token:
