@@ -88,6 +88,7 @@ def step_setup(tiny_dirs, toy_data, overrides):
     from opdkit.train.methods import MethodContext
     from opdkit.train.rollouts import RolloutRequest, collect_rollouts
     from opdkit.train.setup import load_data, load_models
+    from opdkit.train.student import choose_forward
 
     def build(method: str, successes=None, extra=()):
         torch.manual_seed(0)
@@ -98,13 +99,14 @@ def step_setup(tiny_dirs, toy_data, overrides):
             student=models.student,
             tokenizer=models.tokenizer,
             temperature=1.0,
+            forward=choose_forward(models.student, True),  # hidden states: the tiny model passes the check
             teacher=LocalTeacher.from_path(str(tiny_dirs["teacher"])),
             self_teacher=make_teacher_weights(models.student, cfg.self_teacher),
             self_teacher_options=cfg.self_teacher,
         )
         params = SamplingParams(n=4, temperature=1.0, max_new_tokens=6)
         request = RolloutRequest([0, 1, 2, 3], params, seed=3, first_group_id=0, logprob_temperature=1.0,
-                                 micro_batch_size=0)  # fmt: skip
+                                 micro_batch_size=0, forward=ctx.forward)  # fmt: skip
         batch = collect_rollouts(models.student, models.tokenizer, data, VerifierCache(), request).batch
         if successes is not None:
             s = torch.tensor(successes, dtype=torch.bool)

@@ -40,11 +40,11 @@ def test_scope_logs_each_row_perplexities_and_path_weights(step_setup):
     diag = prepared.diagnostics
     assert diag["row/correct"] == [float(s) for s in MIXED]
     ppl_s = torch.exp(-sequence_mean(batch.old_logp_N_T, batch.response_mask_N_T))
-    ppl_t = torch.exp(-sequence_mean(prepared.rows["teacher_logp_N_T"], batch.response_mask_N_T))
+    ppl_t = torch.exp(-sequence_mean(prepared.rows.teacher_logp_N_T, batch.response_mask_N_T))
     assert torch.allclose(torch.tensor(diag["row/ppl_student"]), ppl_s)
     assert torch.allclose(torch.tensor(diag["row/ppl_teacher"]), ppl_t)
-    assert diag["row/w_student"] == prepared.rows["w_student_N"].tolist()
-    assert diag["row/w_teacher"] == prepared.rows["w_teacher_N"].tolist()
+    assert diag["row/w_student"] == prepared.rows.w_student_N.tolist()
+    assert diag["row/w_teacher"] == prepared.rows.w_teacher_N.tolist()
     assert "row/teacher_flag" not in diag  # the local teacher flags no row
 
 

@@ -16,10 +16,11 @@ import pytest
 import torch
 
 from opdkit.train import load_config, train
-from opdkit.train.batch import StepBatch
+from opdkit.train.batch import Sequences, StepBatch
 from opdkit.train.methods import METHODS
 from opdkit.train.prefix import packed_hidden, prefix_sharing_ok, response_hidden, shared_prompts
-from opdkit.train.update import UpdateSettings, run_updates
+from opdkit.train.student import FULL_LOGITS, HIDDEN_STATES, choose_forward
+from opdkit.train.update import UpdateSettings, micro_batch_loss, run_updates
 
 # 4 groups of 4: pass rates 0.5, 0.25, 0 and 1 (the self-teacher prompts then repeat within groups).
 MIXED = [1, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 1, 1, 1]
@@ -38,7 +39,7 @@ def _prompt_sets(step_setup):
         batch,
         {
             "student": (batch.prompt_ids_N_P, batch.prompt_mask_N_P),
-            "self-teacher": (rows["teacher_prompt_ids"], rows["teacher_prompt_mask"]),
+            "self-teacher": (rows.teacher_prompts.ids_N_P, rows.teacher_prompts.mask_N_P),
         },
     )
 
@@ -62,7 +63,8 @@ def test_shared_prompt_forward_equals_the_packed_forward(step_setup):
     keep = batch.response_mask_N_T.bool()
     for name, (ids, mask) in prompt_sets.items():
         args = (ids, mask, batch.response_ids_N_T, batch.response_mask_N_T)
-        mine, ref = response_hidden(model, *args), packed_hidden(model.get_decoder(), *args)
+        mine = response_hidden(model, *args, share_prompts=True)
+        ref = packed_hidden(model.get_decoder(), *args)
         assert mine.shape == ref.shape == (batch.n, batch.response_ids_N_T.shape[1], ref.shape[-1])
         torch.testing.assert_close(mine[keep], ref[keep], atol=1e-5, rtol=1e-5, msg=name)
         w = torch.randn(ref.shape, generator=torch.Generator().manual_seed(0)) * keep.unsqueeze(-1)
@@ -88,14 +90,18 @@ def test_a_sliding_window_model_uses_the_packed_forward():
     mask = torch.ones_like(ids)
     resp = torch.tensor([[6, 7, 8, 9], [10, 11, 12, 13]])
     assert not prefix_sharing_ok(model)
+    path = choose_forward(model, True)  # the run's choice: hidden states, without prompt sharing
+    assert path.hidden and not path.share_prompts
     with torch.no_grad():
         args = (ids, mask, resp, torch.ones_like(resp))
-        assert torch.equal(response_hidden(model, *args), packed_hidden(model.get_decoder(), *args))
+        mine = path.student(model, Sequences(*args), 1.0).hidden.hidden_N_T_H
+        assert torch.equal(mine, packed_hidden(model.get_decoder(), *args))
 
 
 def _loss_and_grad(name, cfg, batch, ctx, prepared):
     method = METHODS.get(name)
-    out = method.loss(cfg, batch, prepared, method.denominators(cfg, batch, prepared), ctx)
+    denoms = method.denominators(cfg, batch, prepared.rows)
+    out = micro_batch_loss(method, cfg, batch, prepared.rows, denoms, ctx)
     return out.loss.detach(), _grad(ctx.student, out.loss), out.metrics
 
 
@@ -104,7 +110,7 @@ def _loss_and_grad(name, cfg, batch, ctx, prepared):
 )
 def test_on_policy_loss_without_old_logprobs_equals_the_loss_with_them(step_setup, method, hidden):
     cfg, batch, ctx = step_setup(method, MIXED)
-    ctx.hidden_states = hidden
+    ctx.forward = HIDDEN_STATES if hidden else FULL_LOGITS
     assert not METHODS.get(method).needs_old_logp(cfg)
     prepared = METHODS.get(method).prepare(cfg, batch, ctx)
     with_old = _loss_and_grad(method, cfg, batch, ctx, prepared)

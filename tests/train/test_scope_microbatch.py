@@ -10,7 +10,7 @@ from test_compositions import MIXED, _close, _loss_and_grad
 
 from opdkit.core.losses import clipped_surrogate
 from opdkit.core.microbatch import balanced_micro_batches, micro_batch_token_mean
-from opdkit.train.forward import student_forward
+from opdkit.train.forward import forward_response
 
 
 def test_microbatch_averaging_equals_the_per_micro_batch_loop(step_setup):
@@ -28,7 +28,7 @@ def test_microbatch_averaging_equals_the_per_micro_batch_loop(step_setup):
     mask = batch.response_mask_N_T.bool()
     correct = batch.success_N.unsqueeze(-1)
     ctx.student.zero_grad(set_to_none=True)
-    logp = student_forward(ctx.student, batch, ctx.temperature).logp_N_T
+    logp = forward_response(ctx.student, batch.sequences(), ctx.temperature).logp_N_T
     adv = torch.where(mask & ~correct, teacher.logp_N_T - batch.old_logp_N_T, 0.0)
     surrogate = clipped_surrogate(logp, batch.old_logp_N_T, adv, clip_low=0.2, clip_high=0.2)
     # the released loop: per micro-batch, PG token mean over all tokens + MLE token mean over correct tokens,

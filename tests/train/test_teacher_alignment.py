@@ -37,14 +37,12 @@ def test_self_teacher_uses_its_own_prompt_length(step_setup):
     cfg, batch, ctx = step_setup("sdpo", [1, 0, 0, 0] * 4)
     rows = METHODS.get("sdpo").prepare(cfg, batch, ctx).rows
     teacher_prompts = [
-        ids[m.bool()].tolist() for ids, m in zip(rows["teacher_prompt_ids"], rows["teacher_prompt_mask"])
+        ids[m.bool()].tolist() for ids, m in zip(rows.teacher_prompts.ids_N_P, rows.teacher_prompts.mask_N_P)
     ]
     # The reprompted prompts are longer than the student's (they hold a demonstration), and differ in length.
     assert min(len(t) for t in teacher_prompts[1:4]) > max(len(p) for p in batch.unpadded_prompts())
     with torch.no_grad():
-        out = forward_response(
-            ctx.student, rows["teacher_prompt_ids"], rows["teacher_prompt_mask"], batch, 1.0
-        )
+        out = forward_response(ctx.student, rows.teacher_prompts.sequences(batch), 1.0)
         for i, response in enumerate(batch.unpadded_responses()):
             direct = _unpadded_logits(ctx.student, teacher_prompts[i], response)
             assert torch.allclose(out.logits_N_T_V[i, : len(response)], direct, atol=1e-5)
@@ -70,6 +68,6 @@ def test_left_padding_changes_no_logit():
         old_logp_N_T=torch.zeros(2, 3), example_index_N=torch.tensor([0, 1]), truncated_N=two_false,
     )  # fmt: skip
     with torch.no_grad():
-        out = forward_response(model, ids, mask, batch, 1.0)
+        out = forward_response(model, batch.sequences(), 1.0)
         assert torch.allclose(out.logits_N_T_V[0], _unpadded_logits(model, prompts[0], response), atol=1e-5)
         assert torch.allclose(out.logits_N_T_V[1], _unpadded_logits(model, prompts[1], response), atol=1e-5)

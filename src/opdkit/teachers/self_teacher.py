@@ -21,7 +21,7 @@ import copy
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -206,6 +206,20 @@ LogitsRun = Callable[[torch.nn.Module], torch.Tensor]
 HiddenRun = Callable[[torch.nn.Module], TeacherHidden]
 
 
+class TeacherWeights(Protocol):
+    """The self-teacher's weights (``make_teacher_weights``): its forwards and its state."""
+
+    def logits(self, run: LogitsRun, student: torch.nn.Module) -> torch.Tensor: ...
+
+    def hidden(self, run: HiddenRun, student: torch.nn.Module) -> TeacherHidden: ...
+
+    def update(self, student: torch.nn.Module) -> None: ...
+
+    def state_dict(self) -> dict[str, torch.Tensor]: ...
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
+
+
 def _detached(view: TeacherHidden) -> TeacherHidden:
     head = view.head
     bias = None if head.bias_V is None else head.bias_V.detach()
@@ -296,7 +310,7 @@ _WEIGHT_KINDS: dict[str, type] = {
 }
 
 
-def make_teacher_weights(student: torch.nn.Module, options: SelfTeacherOptions) -> Any:
+def make_teacher_weights(student: torch.nn.Module, options: SelfTeacherOptions) -> TeacherWeights:
     """The self-teacher's weights: an object with ``logits(run, student)``, ``hidden(run, student)``,
     ``update(student)`` and ``state_dict()``/``load_state_dict()``."""
     return _WEIGHT_KINDS[options.weights](student, options.update_rate)

@@ -5,14 +5,39 @@ columns, responses right-padded to T. ``old_logp_N_T`` is the pre-update student
 token at the log-prob temperature (detached); on-policy it equals the current log-prob, so the PPO ratio is 1.
 It is None when the loop did not compute it: a step with one optimizer update whose method needs the old
 log-probs only inside the loss, where they equal the current ones (``old_or_current``, §2.2).
+
+Also here: ``Sequences``, the four tensors a model forward reads; ``Rows``, the base of each method's typed
+hand-off from ``prepare`` to ``loss`` with the one row selection; ``Prepared``, what ``prepare`` returns.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import torch
+
+
+@dataclass(frozen=True)
+class Sequences:
+    """What a model forward reads: left-padded prompts (N, P) and right-padded responses (N, T) with masks."""
+
+    prompt_ids_N_P: torch.Tensor
+    prompt_mask_N_P: torch.Tensor
+    response_ids_N_T: torch.Tensor
+    response_mask_N_T: torch.Tensor
+
+    @property
+    def n(self) -> int:
+        return int(self.response_ids_N_T.shape[0])
+
+    def select(self, rows: torch.Tensor) -> Sequences:
+        return Sequences(*(t.index_select(0, rows.to(t.device)) for t in dataclasses.astuple(self)))
+
+    def with_prompts(self, prompt_ids_N_P: torch.Tensor, prompt_mask_N_P: torch.Tensor) -> Sequences:
+        """The same responses after other prompts (e.g. the self-teacher's reprompted context)."""
+        return Sequences(prompt_ids_N_P, prompt_mask_N_P, self.response_ids_N_T, self.response_mask_N_T)
 
 
 @dataclass(frozen=True)
@@ -50,6 +75,12 @@ class StepBatch:
                 values[f.name] = [v[i] for i in picked]
         return StepBatch(**values)
 
+    def sequences(self) -> Sequences:
+        """The prompt and response tensors a model forward reads."""
+        return Sequences(
+            self.prompt_ids_N_P, self.prompt_mask_N_P, self.response_ids_N_T, self.response_mask_N_T
+        )
+
     def unpadded_prompts(self) -> list[list[int]]:
         return [ids[m.bool()].tolist() for ids, m in zip(self.prompt_ids_N_P, self.prompt_mask_N_P)]
 
@@ -68,10 +99,35 @@ def old_or_current(batch: StepBatch, logp_N_T: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class Prepared:
+class Rows:
+    """Base of a method's hand-off from ``prepare`` to ``loss``: a frozen dataclass whose tensor fields all
+    have N rows (leading dimension), e.g. ``ScopeRows.w_student_N``.
+
+    ``select`` is the one row selection of every method (mini- and micro-batches): each tensor field is
+    index-selected, a nested ``Rows`` field selects its own rows, None passes through.
+    """
+
+    def select(self: R, rows: torch.Tensor) -> R:
+        """The same rows object restricted to ``rows`` (int64 indices)."""
+        values = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]  # subclasses are dataclasses
+            v = getattr(self, f.name)
+            if torch.is_tensor(v):
+                v = v.index_select(0, rows.to(v.device))
+            elif isinstance(v, Rows):
+                v = v.select(rows)
+            values[f.name] = v
+        return dataclasses.replace(self, **values)  # type: ignore[type-var]
+
+
+R = TypeVar("R", bound=Rows)
+
+
+@dataclass(frozen=True)
+class Prepared(Generic[R]):
     """What a method computed before the gradient pass (no grad).
 
-    rows: per-row tensors (leading dim N), sliced together with the batch for mini/micro-batches.
+    rows: the method's per-row tensors (its ``Rows`` dataclass), sliced with the batch for mini/micro-batches.
     metrics: namespaced floats for ``metrics.jsonl``.
     skip_reason: when set, the step makes no optimizer update and no EMA update (e.g. SC-SDPO with no
       informative question, §6.3), and the reason is logged; with ``optim.step_on_empty`` the loop steps on a
@@ -81,18 +137,13 @@ class Prepared:
       plots (``eval.plots``); never read by the update.
     """
 
-    rows: dict[str, torch.Tensor] = field(default_factory=dict)
+    rows: R
     metrics: dict[str, float] = field(default_factory=dict)
     skip_reason: str | None = None
     diagnostics: dict[str, list[float]] = field(default_factory=dict)
 
-    def select(self, rows: torch.Tensor) -> Prepared:
-        return Prepared(
-            rows={k: v.index_select(0, rows.to(v.device)) for k, v in self.rows.items()},
-            metrics=self.metrics,
-            skip_reason=self.skip_reason,
-            diagnostics=self.diagnostics,
-        )
+    def select(self, rows: torch.Tensor) -> Prepared[R]:
+        return dataclasses.replace(self, rows=self.rows.select(rows))
 
 
 def micro_batch_size(batch: StepBatch, rows: int, tokens: int) -> int:

@@ -58,6 +58,7 @@ from opdkit.train.setup import (
     resolve_device,
     seed_everything,
 )
+from opdkit.train.student import choose_forward
 from opdkit.train.update import (
     UpdateSettings,
     UpdateStats,
@@ -107,7 +108,9 @@ def train(
         student=models.student,
         tokenizer=models.tokenizer,
         temperature=logprob_t,
-        hidden_states=cfg.model.hidden_state_losses,
+        forward=choose_forward(
+            models.student, cfg.model.hidden_state_losses and method.hidden_state_loss(cfg.method)
+        ),
         teacher=make_external_teacher(cfg, models, device, logprob_t) if method.uses_teacher else None,
         self_teacher=make_teacher_weights(models.student, cfg.self_teacher)
         if method.uses_self_teacher
@@ -144,8 +147,8 @@ def train(
             first_group_id=step * cfg.rollout.prompts_per_step,
             logprob_temperature=logprob_t,
             micro_batch_size=cfg.optim.micro_batch_size,
+            forward=ctx.forward,
             micro_batch_tokens=cfg.optim.micro_batch_tokens,
-            hidden_states=cfg.model.hidden_state_losses,
             # one update per step: the loss's current log-probs are the old ones (§2.2), no extra forward
             old_logprobs=cfg.optim.mini_batches > 1 or method.needs_old_logp(cfg.method),
         )

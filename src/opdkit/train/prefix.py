@@ -13,9 +13,9 @@ autograd flows back through the row indexing, which sums the rows' gradients int
 computation. Only the order of floating-point sums differs. Saved work: (N − U)·P of the N·(P + T) token
 positions, forward and backward.
 
-It is used when some prompt repeats and the model is known to reproduce its packed forward this way
-(``prefix_sharing_ok``: a plain ``DynamicCache`` of full-attention layers, and equal hidden states on a short
-input, checked once per model); otherwise the caller runs the packed forward.
+It is used when some prompt repeats and the run's forward path allows it (``share_prompts``, decided when
+the run starts by ``prefix_sharing_ok``: no activation checkpointing, a plain ``DynamicCache`` of
+full-attention layers, and equal hidden states on a short input); otherwise the packed forward runs.
 """
 
 from __future__ import annotations
@@ -99,22 +99,22 @@ def packed_hidden(
 
 @torch.no_grad()
 def prefix_sharing_ok(model: torch.nn.Module) -> bool:
-    """Whether the shared-prompt forward reproduces the packed one for ``model`` (checked once, cached)."""
-    cached = getattr(model, "_opdkit_prefix_sharing_ok", None)
-    if cached is not None:
-        return cached
+    """Whether the shared-prompt forward reproduces the packed one for ``model`` (called once per run)."""
+    checkpointing = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5.x name
+    if checkpointing is None:
+        checkpointing = getattr(model, "is_gradient_checkpointing", False)
+    if checkpointing:
+        return False  # the shared-prompt forward keeps a cache across two calls; checkpointed layers do not
     was_training = model.training
     model.eval()
     try:
         # a structural check, in the weights' own dtype: under autocast two orders of rounding could differ
         with torch.autocast(device_type=next(model.parameters()).device.type, enabled=False):
-            ok = _check(model)
+            return _check(model)
     except (AttributeError, NotImplementedError, TypeError, ValueError, RuntimeError):
-        ok = False
+        return False
     finally:
         model.train(was_training)
-    model._opdkit_prefix_sharing_ok = ok
-    return ok
 
 
 def _check(model: torch.nn.Module) -> bool:
@@ -141,12 +141,14 @@ def response_hidden(
     prompt_mask_N_P: torch.Tensor,
     response_ids_N_T: torch.Tensor,
     response_mask_N_T: torch.Tensor,
+    *,
+    share_prompts: bool,
 ) -> torch.Tensor:
     """The decoder's final hidden states predicting each response token (N, T, H), sharing repeated prompts
-    when the model allows it (module docstring), else from a packed forward."""
+    when ``share_prompts`` (the run's choice, module docstring), else from a packed forward."""
     decoder = model.get_decoder()
-    shared = shared_prompts(prompt_ids_N_P, prompt_mask_N_P)
-    if shared is not None and prefix_sharing_ok(model):
+    shared = shared_prompts(prompt_ids_N_P, prompt_mask_N_P) if share_prompts else None
+    if shared is not None:
         hidden = shared_prefix_hidden(
             decoder, prompt_ids_N_P, prompt_mask_N_P, response_ids_N_T, response_mask_N_T, shared
         )

@@ -19,7 +19,7 @@ from opdkit.core.composition import question_pass_rates
 from opdkit.rewards import verify_batch
 from opdkit.rollout import SamplingParams, sample
 from opdkit.train.batch import StepBatch, micro_batch_size
-from opdkit.train.forward import old_logprobs
+from opdkit.train.student import ForwardPath, old_logprobs
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class RolloutRequest:
     first_group_id: int
     logprob_temperature: float
     micro_batch_size: int
-    hidden_states: bool = True
+    forward: ForwardPath  # the run's forward path (``train.student.choose_forward``), for the old log-probs
     micro_batch_tokens: int = 0  # token budget of the old log-probs' forwards (``update.micro_batch_rows``)
     old_logprobs: bool = True  # False: leave old_logp_N_T None (one on-policy update; see StepBatch)
 
@@ -78,7 +78,7 @@ def collect_rollouts(
     )
     if req.old_logprobs:
         rows = micro_batch_size(batch, req.micro_batch_size, req.micro_batch_tokens)
-        old = old_logprobs(model, batch, req.logprob_temperature, rows, hidden=req.hidden_states)
+        old = old_logprobs(req.forward, model, batch.sequences(), req.logprob_temperature, rows)
         batch = StepBatch(**{**batch.__dict__, "old_logp_N_T": old})
     return Rollouts(batch=batch, metrics=rollout_metrics(batch))
 

@@ -65,9 +65,7 @@ def load_models(cfg: TrainConfig, device: torch.device) -> Models:
         tokenizer.pad_token = tokenizer.eos_token
     if cfg.model.activation_checkpointing:
         enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.x name
-        (enable or model.gradient_checkpointing_enable)()
-        # the shared-prompt forward keeps a cache across two calls, which checkpointed layers do not allow
-        model._opdkit_prefix_sharing_ok = False
+        (enable or model.gradient_checkpointing_enable)()  # no prompt sharing then (prefix_sharing_ok)
     model.train()
     return Models(model, tokenizer, student_path, teacher_path, cfg.model.dtype)
 

@@ -29,8 +29,9 @@ from typing import Any
 import torch
 
 from opdkit.core.groups import group_index
-from opdkit.train.batch import Prepared, StepBatch, micro_batch_size
-from opdkit.train.methods.base import Method, MethodContext
+from opdkit.core.losses import LossOutput
+from opdkit.train.batch import Prepared, R, StepBatch, micro_batch_size
+from opdkit.train.methods.base import Method, MethodConfig, MethodContext
 from opdkit.train.precision import LossScaler, autocast
 from opdkit.train.weight_guard import guarded_step
 
@@ -103,16 +104,17 @@ class UpdateSettings:
 
 
 def run_updates(
-    method: Method,
-    method_cfg: Any,
+    method: Method[R],
+    method_cfg: MethodConfig,
     batch: StepBatch,
-    prepared: Prepared,
+    prepared: Prepared[R],
     ctx: MethodContext,
     optim: tuple[torch.optim.Optimizer, Any],
     settings: UpdateSettings,
     bad_streak: int = 0,
 ) -> UpdateStats:
-    """All optimizer updates of one step; the EMA self-teacher follows each successful update (§4.6).
+    """All optimizer updates of one step; the EMA self-teacher follows each successful update (§4.6). The
+    student's forward runs once per micro-batch (``micro_batch_loss``).
 
     ``bad_streak``: refused updates in a row before this step; the step makes no more updates once the
     streak reaches ``settings.max_bad_updates``.
@@ -120,7 +122,6 @@ def run_updates(
     optimizer, scheduler = optim
     stats = UpdateStats(bad_streak=bad_streak)
     scaler = settings.scaler or LossScaler("float32", "cpu")
-    device = next(ctx.student.parameters()).device
     params = [p for p in ctx.student.parameters() if p.requires_grad]
     mini_batches = mini_batch_rows(batch, settings.mini_batches)
     if batch.old_logp_N_T is None and len(mini_batches) > 1:
@@ -129,21 +130,10 @@ def run_updates(
     for rows in mini_batches:
         if 0 < settings.max_bad_updates <= stats.bad_streak:
             break
-        mini, mini_prep = batch.select(rows), prepared.select(rows)
-        denoms = method.denominators(method_cfg, mini, mini_prep)
         optimizer.zero_grad(set_to_none=True)
-        total, finite = 0.0, True
-        size = micro_batch_size(mini, settings.micro_batch_size, settings.micro_batch_tokens)
-        for micro in _micro_rows(mini.n, size):
-            with autocast(settings.dtype, device):
-                out = method.loss(method_cfg, mini.select(micro), mini_prep.select(micro), denoms, ctx)
-            if not torch.isfinite(out.loss):
-                finite = False
-                break
-            scaler.backward(out.loss)
-            total += float(out.loss.detach())
-            for k, v in out.metrics.items():
-                stats.values[k].append(v)
+        total = _backward(method, method_cfg, batch.select(rows), prepared.rows.select(rows), ctx, settings,
+                          stats)  # fmt: skip
+        finite = total is not None
         clip = settings.grad_clip if settings.grad_clip > 0 else math.inf
         if finite:
             scaler.unscale(optimizer)
@@ -166,6 +156,38 @@ def run_updates(
         stats.values["update_ratio"].append(check.ratio)
     optimizer.zero_grad(set_to_none=True)  # free the gradients before the next rollout needs the memory
     return stats
+
+
+def _backward(
+    method: Method[R], method_cfg: MethodConfig, mini: StepBatch, rows: R, ctx: MethodContext,
+    settings: UpdateSettings, stats: UpdateStats,
+) -> float | None:  # fmt: skip
+    """Forward and backward of every micro-batch of ``mini`` (gradients accumulate); the summed loss, or None
+    at the first non-finite micro-batch loss (its backward is not run)."""
+    scaler = settings.scaler or LossScaler("float32", "cpu")
+    device = next(ctx.student.parameters()).device
+    denoms = method.denominators(method_cfg, mini, rows)
+    total = 0.0
+    size = micro_batch_size(mini, settings.micro_batch_size, settings.micro_batch_tokens)
+    for micro in _micro_rows(mini.n, size):
+        with autocast(settings.dtype, device):
+            out = micro_batch_loss(method, method_cfg, mini.select(micro), rows.select(micro), denoms, ctx)
+        if not torch.isfinite(out.loss):
+            return None
+        scaler.backward(out.loss)
+        total += float(out.loss.detach())
+        for k, v in out.metrics.items():
+            stats.values[k].append(v)
+    return total
+
+
+def micro_batch_loss(
+    method: Method[R], method_cfg: MethodConfig, micro: StepBatch, rows: R, denoms: dict[str, torch.Tensor],
+    ctx: MethodContext,
+) -> LossOutput:  # fmt: skip
+    """The student's one forward on ``micro`` (on the run's path, ``ctx.forward``), then the method's loss."""
+    out = ctx.forward.student(ctx.student, micro.sequences(), ctx.temperature)
+    return method.loss(method_cfg, micro, rows, denoms, out, ctx)
 
 
 def step_without_signal(

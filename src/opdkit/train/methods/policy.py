@@ -16,9 +16,9 @@ import torch
 from opdkit.core.advantages import grpo_advantages, opd_advantages
 from opdkit.core.losses import LossOutput, aggregation_denominator, clipped_policy_loss, masked_mean
 from opdkit.core.registry import Registry
-from opdkit.train.batch import Prepared, StepBatch, old_or_current
-from opdkit.train.forward import policy_logp
+from opdkit.train.batch import Prepared, Rows, StepBatch, old_or_current
 from opdkit.train.methods.base import Method, MethodConfig, MethodContext
+from opdkit.train.student import StudentOutput
 
 
 def _f(default, help: str):
@@ -57,11 +57,22 @@ class OpdConfig(PolicyLossConfig):
     discount: float = _f(0.0, "γ: discounted future sum of the per-token advantage (Tinker default 0)")
 
 
+@dataclass(frozen=True)
+class PolicyRows(Rows):
+    """The policy-gradient methods' hand-off: the advantage, (N,) per sequence (GRPO) or (N, T) per token
+    (OPD), and the tokens in the loss (N, T) (None: the response mask)."""
+
+    advantage: torch.Tensor
+    loss_mask_N_T: torch.Tensor | None = None
+
+
 def policy_gradient_loss(
-    cfg: PolicyLossConfig, batch: StepBatch, adv: torch.Tensor, loss_mask_N_T: torch.Tensor, ctx, denom
+    cfg: PolicyLossConfig, batch: StepBatch, rows: PolicyRows, logp: torch.Tensor, denom: torch.Tensor
 ) -> LossOutput:
-    """Clipped surrogate with ``adv`` ((N,) or (N, T)) aggregated over ``loss_mask`` with ``denom``."""
-    logp = policy_logp(ctx.student, batch, ctx.temperature, hidden=ctx.hidden_states)
+    """Clipped surrogate with ``rows.advantage`` aggregated over its loss mask with ``denom``; ``logp`` the
+    current log-probs (N, T) with gradient."""
+    adv = rows.advantage
+    loss_mask_N_T = batch.response_mask_N_T if rows.loss_mask_N_T is None else rows.loss_mask_N_T
     old = old_or_current(batch, logp)
     return clipped_policy_loss(
         logp, old, adv, loss_mask_N_T,
@@ -70,7 +81,7 @@ def policy_gradient_loss(
     )  # fmt: skip
 
 
-class Grpo(Method):
+class Grpo(Method[PolicyRows]):
     config_type = GrpoConfig
     min_group_size = 2
     description = "GRPO: group-normalised outcome advantage, PPO clip (§2)"
@@ -78,21 +89,19 @@ class Grpo(Method):
     def needs_old_logp(self, cfg: GrpoConfig) -> bool:
         return False  # only the PPO ratio uses them, inside the loss
 
-    def prepare(self, cfg: GrpoConfig, batch: StepBatch, ctx: MethodContext) -> Prepared:
+    def prepare(self, cfg: GrpoConfig, batch: StepBatch, ctx: MethodContext) -> Prepared[PolicyRows]:
         adv_N = grpo_advantages(
             batch.rewards_N, batch.group_ids_N, normalize_std=cfg.normalize_std, eps=cfg.eps
         )
         metrics = {"adv/mean": float(adv_N.mean()), "adv/abs_mean": float(adv_N.abs().mean())}
         skip = None if bool((adv_N != 0).any()) else "every advantage is 0 (all groups degenerate)"
-        return Prepared(rows={"adv_N": adv_N}, metrics=metrics, skip_reason=skip)
+        return Prepared(PolicyRows(advantage=adv_N), metrics=metrics, skip_reason=skip)
 
-    def denominators(self, cfg, batch, prepared):
+    def denominators(self, cfg, batch, rows):
         return {"agg": aggregation_denominator(batch.response_mask_N_T, cfg.agg)}
 
-    def loss(self, cfg, batch, prepared, denoms, ctx) -> LossOutput:
-        return policy_gradient_loss(
-            cfg, batch, prepared.rows["adv_N"], batch.response_mask_N_T, ctx, denoms["agg"]
-        )
+    def loss(self, cfg, batch, rows: PolicyRows, denoms, out: StudentOutput, ctx) -> LossOutput:
+        return policy_gradient_loss(cfg, batch, rows, out.logp_N_T, denoms["agg"])
 
 
 class GrpoNoStd(Grpo):
@@ -134,25 +143,24 @@ def teacher_metrics(batch: StepBatch, teacher: TeacherResult, mask_N_T: torch.Te
     }
 
 
-class Opd(Method):
+class Opd(Method[PolicyRows]):
     config_type = OpdConfig
     uses_teacher = True
     description = "OPD: per-token reverse-KL advantage from an external teacher (§3.1)"
 
-    def prepare(self, cfg: OpdConfig, batch: StepBatch, ctx: MethodContext) -> Prepared:
+    def prepare(self, cfg: OpdConfig, batch: StepBatch, ctx: MethodContext) -> Prepared[PolicyRows]:
         teacher = score_with_teacher(batch, ctx)
         mask = batch.response_mask_N_T.bool() & teacher.valid_N.unsqueeze(-1)
         adv = opd_advantages(batch.old_logp_N_T, teacher.logp_N_T, mask, coef=cfg.coef, discount=cfg.discount)
         metrics = {**teacher.stats, **teacher_metrics(batch, teacher, mask)}
         skip = None if bool(mask.any()) else "no row has teacher scores"
-        return Prepared(rows={"adv_N_T": adv, "loss_mask_N_T": mask}, metrics=metrics, skip_reason=skip)
+        return Prepared(PolicyRows(advantage=adv, loss_mask_N_T=mask), metrics=metrics, skip_reason=skip)
 
-    def denominators(self, cfg, batch, prepared):
-        return {"agg": aggregation_denominator(prepared.rows["loss_mask_N_T"], cfg.agg)}
+    def denominators(self, cfg, batch, rows):
+        return {"agg": aggregation_denominator(rows.loss_mask_N_T, cfg.agg)}
 
-    def loss(self, cfg, batch, prepared, denoms, ctx) -> LossOutput:
-        rows = prepared.rows
-        return policy_gradient_loss(cfg, batch, rows["adv_N_T"], rows["loss_mask_N_T"], ctx, denoms["agg"])
+    def loss(self, cfg, batch, rows: PolicyRows, denoms, out: StudentOutput, ctx) -> LossOutput:
+        return policy_gradient_loss(cfg, batch, rows, out.logp_N_T, denoms["agg"])
 
 
 def register(methods: Registry) -> None:

@@ -25,6 +25,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -35,11 +36,11 @@ from opdkit.core.microbatch import balanced_micro_batches, micro_batch_scales
 from opdkit.core.objectives import ClipConfig, ScopeDenominators, ScopeInputs, scope_denominators, scope_loss
 from opdkit.core.registry import Registry
 from opdkit.core.weights import ScopeWeights
-from opdkit.train.batch import Prepared, StepBatch
+from opdkit.train.batch import Prepared, Rows, StepBatch
 from opdkit.train.configio import doc
-from opdkit.train.forward import policy_logp
 from opdkit.train.methods.base import Method, MethodConfig, MethodContext, weight_stats
 from opdkit.train.methods.policy import TeacherResult, score_with_teacher, teacher_metrics
+from opdkit.train.student import StudentOutput
 
 
 def _f(default, help: str, **bounds: float):
@@ -138,29 +139,35 @@ def _row_diagnostics(
     return out
 
 
-class Scope(Method):
+@dataclass(frozen=True)
+class ScopeRows(Rows):
+    """SCOPE's hand-off: the teacher's log-probs (N, T) (NaN on rows without scores) and which rows have them
+    (N,), the routing to the MLE path (N,) and the two path weights (N,) (§5.4; with
+    ``loss_averaging: microbatch`` already scaled by the released code's micro-batch factors)."""
+
+    teacher_logp_N_T: torch.Tensor
+    teacher_valid_N: torch.Tensor
+    correct_N: torch.Tensor
+    w_student_N: torch.Tensor
+    w_teacher_N: torch.Tensor
+
+
+class Scope(Method[ScopeRows]):
     config_type = ScopeConfig
     min_group_size = 2
     uses_teacher = True
     description = "SCOPE: correct -> PPL_S-weighted MLE, wrong -> PPL_T-weighted OPD (§5)"
 
-    def prepare(self, cfg: ScopeConfig, batch: StepBatch, ctx: MethodContext) -> Prepared:
+    def prepare(self, cfg: ScopeConfig, batch: StepBatch, ctx: MethodContext) -> Prepared[ScopeRows]:
         teacher = score_with_teacher(batch, ctx)
         paths = _weights(cfg, batch, teacher.logp_N_T, teacher.valid_N)
         w, correct = paths.weights, paths.correct_N
-        rows = {
-            "teacher_logp_N_T": teacher.logp_N_T,
-            "teacher_valid_N": teacher.valid_N,
-            "correct_N": correct,
-            "w_student_N": w.student_N,
-            "w_teacher_N": w.teacher_N,
-        }
+        rows = ScopeRows(teacher.logp_N_T, teacher.valid_N, correct, w.student_N, w.teacher_N)
         mask = batch.response_mask_N_T.bool() & teacher.valid_N.unsqueeze(-1)
         metrics = {}
         if cfg.loss_averaging == "microbatch":
             pg_N, mle_N, count = _micro_batch_factors(cfg, batch, correct, teacher.valid_N)
-            rows["w_teacher_N"] = w.teacher_N * pg_N
-            rows["w_student_N"] = w.student_N * mle_N
+            rows = dataclasses.replace(rows, w_teacher_N=w.teacher_N * pg_N, w_student_N=w.student_N * mle_N)
             metrics["scope/micro_batches"] = float(count)
         metrics = {
             **metrics,
@@ -173,26 +180,24 @@ class Scope(Method):
         return Prepared(rows=rows, metrics=metrics, diagnostics=_row_diagnostics(batch, teacher, correct, w))
 
     @staticmethod
-    def _inputs(batch: StepBatch, prepared: Prepared, logp_N_T: torch.Tensor) -> ScopeInputs:
-        rows = prepared.rows
+    def _inputs(batch: StepBatch, rows: ScopeRows, logp_N_T: torch.Tensor) -> ScopeInputs:
         return ScopeInputs(
             logp_N_T=logp_N_T,
             old_logp_N_T=batch.old_logp_N_T,
-            teacher_logp_N_T=rows["teacher_logp_N_T"],
+            teacher_logp_N_T=rows.teacher_logp_N_T,
             mask_N_T=batch.response_mask_N_T,
-            correct_N=rows["correct_N"],
-            teacher_valid_N=rows["teacher_valid_N"],
+            correct_N=rows.correct_N,
+            teacher_valid_N=rows.teacher_valid_N,
         )
 
-    def denominators(self, cfg, batch, prepared):
-        d = scope_denominators(self._inputs(batch, prepared, batch.old_logp_N_T))
+    def denominators(self, cfg, batch, rows: ScopeRows):
+        d = scope_denominators(self._inputs(batch, rows, batch.old_logp_N_T))
         return {"pg": d.pg, "mle": d.mle}
 
-    def loss(self, cfg: ScopeConfig, batch, prepared, denoms, ctx):
-        logp = policy_logp(ctx.student, batch, ctx.temperature, hidden=ctx.hidden_states)
-        weights = ScopeWeights(prepared.rows["w_student_N"], prepared.rows["w_teacher_N"])
+    def loss(self, cfg: ScopeConfig, batch, rows: ScopeRows, denoms, out: StudentOutput, ctx):
+        weights = ScopeWeights(rows.w_student_N, rows.w_teacher_N)
         return scope_loss(
-            self._inputs(batch, prepared, logp),
+            self._inputs(batch, rows, out.logp_N_T),
             weights,
             clip=ClipConfig(cfg.clip_low, cfg.clip_high, cfg.dual_clip),
             agg=cfg.agg,

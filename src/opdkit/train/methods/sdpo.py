@@ -18,32 +18,18 @@ from dataclasses import dataclass
 
 import torch
 
-from opdkit.core.chunked import ChunkSettings, DivergenceSpec, LossWeighting, chunked_distillation_loss
+from opdkit.core.chunked import ChunkSettings, DivergenceSpec, LossWeighting
 from opdkit.core.composition import QuestionWeightInputs, question_pass_rates, question_weights
-from opdkit.core.divergences import distillation_token_loss, sampled_token_distill_loss
-from opdkit.core.losses import (
-    AGG_MODES,
-    DENOMINATORS,
-    LossOutput,
-    aggregation_denominator,
-    truncated_is_weight,
-)
-from opdkit.core.objectives import DistillAggregation, self_distillation_loss
+from opdkit.core.losses import AGG_MODES, DENOMINATORS, LossOutput, aggregation_denominator
+from opdkit.core.objectives import DistillAggregation
 from opdkit.core.registry import Registry
-from opdkit.core.sequence import left_pad, token_logp
+from opdkit.core.sequence import left_pad
 from opdkit.core.weights import paced_weights
 from opdkit.teachers.self_teacher import RolloutTexts, build_teacher_context
-from opdkit.train.batch import Prepared, StepBatch, old_or_current
+from opdkit.train.batch import Prepared, Rows, Sequences, StepBatch
 from opdkit.train.configio import doc
-from opdkit.train.forward import (
-    PolicyOutput,
-    self_teacher_hidden,
-    self_teacher_logits,
-    student_forward,
-    student_inputs,
-    use_hidden,
-)
 from opdkit.train.methods.base import Method, MethodConfig, MethodContext, weight_stats
+from opdkit.train.student import StudentOutput
 
 
 def _f(default, help: str, **bounds: float):
@@ -97,12 +83,35 @@ class PacedConfig(SdpoConfig):
 
 
 @dataclass(frozen=True)
+class TeacherPromptRows(Rows):
+    """The self-teacher's reprompted context of each row (§4.2): left-padded ids (N, P) and mask, P being
+    the teacher prompts' own width."""
+
+    ids_N_P: torch.Tensor
+    mask_N_P: torch.Tensor
+
+    def sequences(self, batch: StepBatch) -> Sequences:
+        """The self-teacher's forward input: these prompts, then the batch's responses."""
+        return batch.sequences().with_prompts(self.ids_N_P, self.mask_N_P)
+
+
+@dataclass(frozen=True)
 class TeacherPrompts:
     """Reprompted teacher prompts as left-padded rows, the SDPO mask (N,) and ``sdpo/*`` statistics."""
 
-    rows: dict[str, torch.Tensor]
+    rows: TeacherPromptRows
     sd_mask_N: torch.Tensor
     stats: dict[str, float]
+
+
+@dataclass(frozen=True)
+class SdpoRows(Rows):
+    """The SDPO family's hand-off: the teacher's prompts, the tokens in the loss (N, T) (response mask ×
+    ``sd_mask``) and the question weight w_q of each row (N,) (None for plain SDPO)."""
+
+    teacher_prompts: TeacherPromptRows
+    loss_mask_N_T: torch.Tensor
+    question_weight_N: torch.Tensor | None = None
 
 
 def teacher_prompt_rows(batch: StepBatch, ctx: MethodContext) -> TeacherPrompts:
@@ -117,21 +126,12 @@ def teacher_prompt_rows(batch: StepBatch, ctx: MethodContext) -> TeacherPrompts:
     context = build_teacher_context(ctx.tokenizer, texts, ctx.self_teacher_options, ctx.chat_kwargs)
     ids, mask = left_pad(context.prompt_ids, ctx.tokenizer.pad_token_id or 0)
     device = batch.response_ids_N_T.device
-    rows = {"teacher_prompt_ids": ids.to(device), "teacher_prompt_mask": mask.to(device)}
+    rows = TeacherPromptRows(ids.to(device), mask.to(device))
     stats = {f"sdpo/{k}": v for k, v in context.stats.items()}
     return TeacherPrompts(rows=rows, sd_mask_N=context.sd_mask_N.to(device), stats=stats)
 
 
-def distill_divergence(cfg: SdpoConfig, out: PolicyOutput, teacher_logits: torch.Tensor, batch: StepBatch):
-    """Per-token divergence D[i,t] (§4.7): top-k(+tail) / full-vocabulary, or the sampled-token surrogate."""
-    if cfg.full_logit:
-        return distillation_token_loss(
-            out.logits_N_T_V, teacher_logits, alpha=cfg.alpha, top_k=cfg.top_k, tail=cfg.tail
-        )
-    return sampled_token_distill_loss(out.logp_N_T, token_logp(teacher_logits, batch.response_ids_N_T))
-
-
-class Sdpo(Method):
+class Sdpo(Method[SdpoRows]):
     config_type = SdpoConfig
     uses_self_teacher = True
     description = "SDPO: self-distillation from the EMA self-teacher with a sibling in context (§4)"
@@ -155,72 +155,52 @@ class Sdpo(Method):
         # On-policy the IS weight is min(exp(0), c) = 1 for any cap c >= 1: the old log-probs are not needed.
         return cfg.is_clip is not None and cfg.is_clip < 1.0
 
-    def prepare(self, cfg: SdpoConfig, batch: StepBatch, ctx: MethodContext) -> Prepared:
+    def hidden_state_loss(self, cfg: SdpoConfig) -> bool:
+        return cfg.full_logit  # the sampled-token surrogate reads the teacher's full logits
+
+    def prepare(self, cfg: SdpoConfig, batch: StepBatch, ctx: MethodContext) -> Prepared[SdpoRows]:
         prompts = teacher_prompt_rows(batch, ctx)
-        rows, metrics = dict(prompts.rows), dict(prompts.stats)
+        metrics = dict(prompts.stats)
         loss_mask = batch.response_mask_N_T.bool() & prompts.sd_mask_N.unsqueeze(-1)
         weights_N = self.question_weights(cfg, batch, ctx)
         skip = None if bool(loss_mask.any()) else "no rollout has a teacher context (empty target batch)"
         if weights_N is not None:
-            rows["question_weight_N"] = weights_N
             metrics.update(weight_stats("weights/question", weights_N, weights_N > 0))
             metrics["weights/question_nonzero_fraction"] = float((weights_N > 0).float().mean())
             if skip is None and not bool((weights_N.unsqueeze(-1) * loss_mask).any()):
                 skip = "every question weight of the rows with a teacher context is 0 (§6.3)"
-        rows["loss_mask_N_T"] = loss_mask
+        rows = SdpoRows(prompts.rows, loss_mask, weights_N)
         diagnostics = question_diagnostics(batch, weights_N, prompts.sd_mask_N)
-        return Prepared(rows=rows, metrics=metrics, skip_reason=skip, diagnostics=diagnostics)
+        return Prepared(rows, metrics=metrics, skip_reason=skip, diagnostics=diagnostics)
 
-    def denominators(self, cfg: SdpoConfig, batch, prepared):
-        d = aggregation_denominator(prepared.rows["loss_mask_N_T"], cfg.agg, denominator=cfg.denominator)
+    def denominators(self, cfg: SdpoConfig, batch, rows: SdpoRows):
+        d = aggregation_denominator(rows.loss_mask_N_T, cfg.agg, denominator=cfg.denominator)
         return {"agg": d}
 
-    def loss(self, cfg: SdpoConfig, batch, prepared, denoms, ctx) -> LossOutput:
-        if cfg.full_logit and use_hidden(ctx.student, ctx.hidden_states):
-            return self._chunked_loss(cfg, batch, prepared, denoms, ctx)
-        out = student_forward(ctx.student, batch, ctx.temperature)
-        teacher_logits = self_teacher_logits(
-            ctx.self_teacher, ctx.student, prepared.rows, batch, ctx.temperature
-        )
-        divergence = distill_divergence(cfg, out, teacher_logits, batch)
-        result = self_distillation_loss(
-            divergence,
-            prepared.rows["loss_mask_N_T"],
-            is_weight_N_T=truncated_is_weight(
-                out.logp_N_T, old_or_current(batch, out.logp_N_T), cap=cfg.is_clip
-            ),
-            question_weight_N=prepared.rows.get("question_weight_N"),
-            aggregation=DistillAggregation(cfg.agg, cfg.denominator),
-            global_denominator=denoms["agg"],
-        )
-        return result
-
-    def _chunked_loss(self, cfg: SdpoConfig, batch, prepared, denoms, ctx) -> LossOutput:
-        """The same loss from hidden states, a chunk of tokens at a time (``core.chunked``).
+    def loss(self, cfg: SdpoConfig, batch, rows: SdpoRows, denoms, out: StudentOutput, ctx) -> LossOutput:
+        """agg(w_q · IS · D, loss mask) (§4.7, §6.2) on the run's forward path (``ctx.forward.distill``).
 
         Without old log-probs (on-policy, ``needs_old_logp`` False) every IS weight is min(1, c) = 1, so the
         weighting is left out and its metrics are the on-policy values.
         """
-        rows = prepared.rows
         is_clip = cfg.is_clip if batch.old_logp_N_T is not None else None
         weighting = LossWeighting(
-            rows["loss_mask_N_T"],
-            weight_N_T=rows.get("question_weight_N"),
+            rows.loss_mask_N_T,
+            weight_N_T=rows.question_weight_N,
             old_logp_N_T=batch.old_logp_N_T if is_clip is not None else None,
             is_clip=is_clip,
             aggregation=DistillAggregation(cfg.agg, cfg.denominator),
             global_denominator=denoms["agg"],
         )
-        out = chunked_distillation_loss(
-            student_inputs(ctx.student, batch, all_tokens=False),
-            self_teacher_hidden(ctx.self_teacher, ctx.student, rows, batch),
-            weighting,
-            chunk_settings(cfg, ctx),
+        teacher_seqs = rows.teacher_prompts.sequences(batch)
+        teacher = ctx.forward.self_teacher(ctx.self_teacher, ctx.student, teacher_seqs, ctx.temperature)
+        result = ctx.forward.distill(
+            out, teacher, weighting, chunk_settings(cfg, ctx), sampled_token=not cfg.full_logit
         )
-        result = out.as_loss_output()
+        metrics = dict(result.metrics)
         if cfg.is_clip is not None and is_clip is None:
-            result.metrics.update({"is_weight_mean": 1.0, "is_clipfrac": float(cfg.is_clip <= 1.0)})
-        return result
+            metrics.update({"is_weight_mean": 1.0, "is_clipfrac": float(cfg.is_clip <= 1.0)})
+        return LossOutput(loss=result.loss, metrics=metrics)
 
 
 def question_diagnostics(
