@@ -46,7 +46,7 @@ class DroppingTeacher:
 
 def _rows(prepared) -> dict[str, torch.Tensor]:
     """The per-row tensors of the trainer's hand-off from ``prepare`` to ``loss``."""
-    return prepared.rows
+    return {f.name: getattr(prepared.rows, f.name) for f in dataclasses.fields(prepared.rows)}
 
 
 def _driver_batch(batch, teacher_logp_N_T=None) -> DriverBatch:
