@@ -1,4 +1,4 @@
-"""Everything the loop needs before its first step: device, models, data, teachers, optimizer, sampler.
+"""Everything the loop needs before its first step: device, models, data, teachers, optimizer.
 
 Kept out of ``loop.py`` so that the loop itself reads top to bottom.
 """
@@ -23,6 +23,7 @@ from opdkit.rewards import make_verifier, verify_batch
 from opdkit.rollout import SamplingParams, encode_chats, sample
 from opdkit.teachers.base import TEACHERS
 from opdkit.train.config import TrainConfig
+from opdkit.train.state import Optim
 
 
 def resolve_device(name: str) -> torch.device:
@@ -202,7 +203,7 @@ def make_external_teacher(cfg: TrainConfig, models: Models, device: torch.device
     return teacher
 
 
-def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, Any]:
+def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> Optim:
     """AdamW and a linear-warm-up-then-constant schedule (§10).
 
     The fused AdamW kernel (one kernel for all parameters; the same update) on CPU and CUDA, where torch has
@@ -222,38 +223,7 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> tuple[torch.opti
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda i: min(1.0, (i + 1) / warmup) if warmup else 1.0
     )
-    return optimizer, scheduler
-
-
-class PromptSampler:
-    """Draws questions without replacement, reshuffling (seeded) at each epoch; its state is two ints."""
-
-    def __init__(self, size: int, seed: int) -> None:
-        if size == 0:
-            raise ValueError("the training set is empty")
-        self.size, self.seed = size, seed
-        self.epoch, self.pos = 0, 0
-
-    def _order(self) -> list[int]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return torch.randperm(self.size, generator=g).tolist()
-
-    def next(self, count: int) -> list[int]:
-        out: list[int] = []
-        order = self._order()
-        while len(out) < count:
-            if self.pos == self.size:
-                self.epoch, self.pos = self.epoch + 1, 0
-                order = self._order()
-            out.append(order[self.pos])
-            self.pos += 1
-        return out
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "pos": self.pos}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+    return Optim(optimizer, scheduler)
 
 
 def offline_pass_rates(

@@ -32,6 +32,7 @@ from opdkit.core.groups import group_index
 from opdkit.train.batch import Prepared, StepBatch, micro_batch_size
 from opdkit.train.methods.base import Method, MethodContext
 from opdkit.train.precision import LossScaler, autocast
+from opdkit.train.state import Optim
 from opdkit.train.weight_guard import guarded_step
 
 
@@ -108,7 +109,7 @@ def run_updates(
     batch: StepBatch,
     prepared: Prepared,
     ctx: MethodContext,
-    optim: tuple[torch.optim.Optimizer, Any],
+    optim: Optim,
     settings: UpdateSettings,
     bad_streak: int = 0,
 ) -> UpdateStats:
@@ -117,7 +118,7 @@ def run_updates(
     ``bad_streak``: refused updates in a row before this step; the step makes no more updates once the
     streak reaches ``settings.max_bad_updates``.
     """
-    optimizer, scheduler = optim
+    optimizer = optim.optimizer
     stats = UpdateStats(bad_streak=bad_streak)
     scaler = settings.scaler or LossScaler("float32", "cpu")
     device = next(ctx.student.parameters()).device
@@ -157,7 +158,7 @@ def run_updates(
             stats.refuse(optimizer, check.reason, by_guard=True)
             continue
         stats.bad_streak = 0
-        scheduler.step()
+        optim.scheduler.step()
         if ctx.self_teacher is not None:
             ctx.self_teacher.update(ctx.student)
         stats.updates += 1
@@ -169,14 +170,14 @@ def run_updates(
 
 
 def step_without_signal(
-    student: torch.nn.Module, self_teacher: Any, optim: tuple[torch.optim.Optimizer, Any], updates: int
+    student: torch.nn.Module, self_teacher: Any, optim: Optim, updates: int
 ) -> UpdateStats:
     """``updates`` optimizer steps on an all-zero gradient, each followed by the scheduler and EMA updates.
 
     AdamW on g = 0 (after k earlier steps): m ← β1·m, v ← β2·v, θ ← θ·(1 − lr·wd) − lr·m̂/(√v̂ + ε), so the
     weights move unless m = 0 and wd = 0. Gradients are set to zeros, not None: torch skips a None grad.
     """
-    optimizer, scheduler = optim
+    optimizer, scheduler = optim.optimizer, optim.scheduler
     stats = UpdateStats()
     for _ in range(updates):
         optimizer.zero_grad(set_to_none=True)
