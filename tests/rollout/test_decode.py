@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from teacher_forced import teacher_forced_logprobs
 
 from opdkit.models import TinyModelConfig, build_char_tokenizer, build_tiny_model
-from opdkit.rollout import SamplingParams, encode_chats, response_logprobs, sample
+from opdkit.rollout import SamplingParams, encode_chats, sample
 from opdkit.rollout.decode import multinomial_draw
 
 
@@ -103,7 +104,7 @@ def test_its_outputs_can_enter_a_training_forward(tok, model, prompts):
     # The loop runs in inference mode; its outputs must still be usable where autograd saves them.
     out = sample(model, tok, prompts, SamplingParams(n=2, max_new_tokens=6), seed=0)
     assert not out.response_ids_N_L.is_inference() and not out.sampler_logp_N_L.is_inference()
-    logp_N_L = response_logprobs(
+    logp_N_L = teacher_forced_logprobs(
         model, out.prompt_ids_N_P, out.prompt_mask_N_P, out.response_ids_N_L, out.response_mask_N_L
     )
     (logp_N_L * out.response_mask_N_L).sum().backward()

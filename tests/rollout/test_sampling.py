@@ -1,8 +1,9 @@
 import pytest
 import torch
+from teacher_forced import teacher_forced_logprobs
 
 from opdkit.models import TinyModelConfig, build_char_tokenizer, build_tiny_model
-from opdkit.rollout import SamplingParams, encode_chats, pad_sequences, response_logprobs, sample, unpad
+from opdkit.rollout import SamplingParams, encode_chats, pad_sequences, sample, unpad
 
 TINY = TinyModelConfig(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128)
 
@@ -83,7 +84,7 @@ def test_sampler_logprobs_equal_teacher_forced_recomputation(tok, model, prompts
     params = SamplingParams(n=8, temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=16)
     out = sample(model, tok, prompts, params, seed=1)
     with torch.no_grad():
-        recomputed = response_logprobs(
+        recomputed = teacher_forced_logprobs(
             model,
             out.prompt_ids_N_P,
             out.prompt_mask_N_P,
@@ -105,7 +106,7 @@ def test_the_model_generation_config_does_not_leak_into_sampling(tok, prompts):
     params = SamplingParams(n=4, temperature=1.0, max_new_tokens=12)
     out = sample(model, tok, prompts, params, seed=0)
     with torch.no_grad():
-        recomputed = response_logprobs(
+        recomputed = teacher_forced_logprobs(
             model, out.prompt_ids_N_P, out.prompt_mask_N_P, out.response_ids_N_L, out.response_mask_N_L
         )
     torch.testing.assert_close(recomputed, out.sampler_logp_N_L, atol=1e-4, rtol=1e-4)
@@ -126,7 +127,7 @@ def test_logprobs_with_left_padding_equal_unpadded_single_row_forwards(tok, mode
     left = pad_sequences(prompts, tok.pad_token_id, side="left")
     right = pad_sequences(responses, tok.pad_token_id, side="right")
     with torch.no_grad():
-        batched = response_logprobs(
+        batched = teacher_forced_logprobs(
             model, left.ids_N_T, left.mask_N_T, right.ids_N_T, right.mask_N_T, temperature=0.7
         )
         for i, (prompt, response) in enumerate(zip(prompts, responses)):
@@ -143,7 +144,7 @@ def test_logprobs_with_left_padding_equal_unpadded_single_row_forwards(tok, mode
 def test_logprobs_carry_gradients(tok, model, prompts):
     left = pad_sequences(prompts, tok.pad_token_id, side="left")
     right = pad_sequences([[40, 41]] * 3, tok.pad_token_id, side="right")
-    logp = response_logprobs(model, left.ids_N_T, left.mask_N_T, right.ids_N_T, right.mask_N_T)
+    logp = teacher_forced_logprobs(model, left.ids_N_T, left.mask_N_T, right.ids_N_T, right.mask_N_T)
     logp.sum().backward()
     assert model.lm_head.weight.grad is not None and model.lm_head.weight.grad.abs().sum() > 0
     model.zero_grad(set_to_none=True)

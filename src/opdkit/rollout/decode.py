@@ -31,8 +31,8 @@ from typing import Any
 import torch
 
 from opdkit.core.sampling import inverse_cdf_sample
+from opdkit.core.sequence import position_ids_from_mask
 from opdkit.rollout.kvcache import Prefill
-from opdkit.rollout.logprobs import position_ids_from_mask
 
 
 @dataclass(frozen=True)

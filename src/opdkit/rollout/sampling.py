@@ -83,10 +83,6 @@ class Rollout:
     group_ids_N: torch.Tensor
     texts: list[str]
 
-    @property
-    def num_rows(self) -> int:
-        return self.response_ids_N_L.shape[0]
-
     def response_lists(self) -> list[list[int]]:
         """Each response's real token ids (EOS included when present)."""
         return [r[m.bool()].tolist() for r, m in zip(self.response_ids_N_L, self.response_mask_N_L)]
