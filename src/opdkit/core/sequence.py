@@ -13,7 +13,7 @@ library)::
 
     packed = pack(prompt_ids, prompt_mask, response_ids, response_mask)
     logits = model(**packed.model_inputs()).logits
-    logp_N_T = token_logp(response_logits(logits, packed) / T, response_ids)
+    logp_N_T = token_logp(response_logits(logits, packed) / temperature, response_ids)
 """
 
 from __future__ import annotations
@@ -69,13 +69,13 @@ def pack(
     )
 
 
-def response_logits(logits_N_L_V: torch.Tensor, packed: Packed) -> torch.Tensor:
-    """The logits that predict each response token: ``logits[:, P−1 : P+T−1]`` -> (N, T, V).
+def response_logits(logits_N_S_V: torch.Tensor, packed: Packed) -> torch.Tensor:
+    """The logits (N, S = P+T, V) that predict each response token: ``logits[:, P−1 : P+T−1]`` -> (N, T, V).
 
     Also accepts hidden states (N, P+T, H): the same positions are returned.
     """
     start = packed.prompt_len - 1
-    return logits_N_L_V[:, start : start + packed.response_len]
+    return logits_N_S_V[:, start : start + packed.response_len]
 
 
 def token_logp(logits_N_T_V: torch.Tensor, tokens_N_T: torch.Tensor) -> torch.Tensor:
