@@ -62,8 +62,9 @@ from opdkit.train.update import (
     step_without_signal,
 )
 
+Row = dict[str, float | str]  # one ``metrics.jsonl`` row: namespaced metric -> value (a skip reason is text)
 # called as ``progress(step, row)`` after each logged step (the CLI's bar)
-Progress = Callable[[int, dict[str, Any]], None]
+Progress = Callable[[int, Row], None]
 
 
 @dataclass(frozen=True)
@@ -236,7 +237,7 @@ def _update(run: _Run, state: TrainState, rollouts: Rollouts, prepared: Prepared
 
 def _row(
     state: TrainState, rollouts: Rollouts, prepared: Prepared, stats: UpdateStats, marks: tuple[float, ...]
-) -> dict[str, Any]:
+) -> Row:
     """The step's ``metrics.jsonl`` row; ``marks``: the clock at the start of the step and after the
     rollouts, the preparation and the update."""
     t0, t1, t2, t3 = marks
@@ -255,9 +256,9 @@ def _row(
     }  # fmt: skip
 
 
-def _log(run: _Run, row: dict[str, Any], prepared: Prepared, progress: Progress | None) -> None:
+def _log(run: _Run, row: Row, prepared: Prepared, progress: Progress | None) -> None:
     """Step 6: write the row (every ``log_every`` steps and the last), the method's diagnostics, the bar."""
-    step = row["step"]
+    step = int(row["step"])
     if step % max(1, run.cfg.log_every) == 0 or step == run.cfg.steps:
         run.dir.log(row)
         if prepared.diagnostics:  # per-question / per-row values for the method's plots

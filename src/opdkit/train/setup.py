@@ -21,8 +21,8 @@ from opdkit.eval import TaskSource, resolve_examples
 from opdkit.eval.datasets import task_examples_from_problems
 from opdkit.rewards import make_verifier, verify_batch
 from opdkit.rollout import SamplingParams, encode_chats, sample
-from opdkit.teachers.base import TEACHERS
-from opdkit.train.config import TrainConfig
+from opdkit.teachers.base import TEACHERS, Teacher
+from opdkit.train.config import TeacherConfig, TrainConfig
 from opdkit.train.state import Optim
 
 
@@ -147,7 +147,9 @@ def load_data(cfg: TrainConfig, tokenizer: Any, chat_kwargs: dict) -> Data:
     return Data(train=train, eval=held_out, train_prompt_ids=prompt_ids)
 
 
-def _local_options(t: Any, models: Models, device: torch.device, temperature: float) -> dict[str, Any]:
+def _local_options(
+    t: TeacherConfig, models: Models, device: torch.device, temperature: float
+) -> dict[str, Any]:
     path = t.path
     if path in ("", "tiny"):
         if models.teacher_path is None:
@@ -159,12 +161,14 @@ def _local_options(t: Any, models: Models, device: torch.device, temperature: fl
     return {"path": path, "device": str(device), "temperature": temperature, "dtype": models.dtype}
 
 
-def server_api_key(t: Any) -> str | None:
+def server_api_key(t: TeacherConfig) -> str | None:
     """The teacher server's key: ``teacher.api_key``, else the variable ``teacher.api_key_env``, else none."""
     return t.api_key or (os.environ.get(t.api_key_env) if t.api_key_env else None) or None
 
 
-def _server_options(t: Any, models: Models, device: torch.device, temperature: float) -> dict[str, Any]:
+def _server_options(
+    t: TeacherConfig, models: Models, device: torch.device, temperature: float
+) -> dict[str, Any]:
     if not t.url:
         raise ValueError("teacher.kind=server needs teacher.url")
     return {
@@ -175,7 +179,9 @@ def _server_options(t: Any, models: Models, device: torch.device, temperature: f
     }  # fmt: skip
 
 
-def _unreliable_options(t: Any, models: Models, device: torch.device, temperature: float) -> dict[str, Any]:
+def _unreliable_options(
+    t: TeacherConfig, models: Models, device: torch.device, temperature: float
+) -> dict[str, Any]:
     return {**_local_options(t, models, device, temperature), "wrong_fraction": t.wrong_fraction}
 
 
@@ -183,7 +189,9 @@ def _unreliable_options(t: Any, models: Models, device: torch.device, temperatur
 _TEACHER_OPTIONS = {"local": _local_options, "server": _server_options, "unreliable": _unreliable_options}
 
 
-def make_external_teacher(cfg: TrainConfig, models: Models, device: torch.device, temperature: float) -> Any:
+def make_external_teacher(
+    cfg: TrainConfig, models: Models, device: torch.device, temperature: float
+) -> Teacher:
     """The ``teacher.kind`` teacher; its tokenizer must equal the student's (ids are sent as they are)."""
     if cfg.teacher.kind == "none":
         raise ValueError(
