@@ -1,4 +1,4 @@
-"""Peak extra memory and wall time of one distillation loss forward + backward (issue 8, losses half).
+"""Peak extra memory and wall time of one distillation loss forward + backward (the chunked losses).
 
 Cases (each runs in its own subprocess, one after another, on the same random inputs):
 

@@ -1,5 +1,5 @@
 """Training steps per second: opdkit's ``grpo`` and ``sdpo`` against TRL 1.16's ``GRPOTrainer`` and
-``trl.experimental.sdpo.SDPOTrainer`` (issue 8, step-throughput half).
+``trl.experimental.sdpo.SDPOTrainer``.
 
 Cases (each run of a case is its own process; ``--rounds`` rounds, the case order rotated every round so
 that load from other jobs on the shared machine falls on every case alike):

@@ -6,7 +6,8 @@ The code cites its formulas as ``docs/algorithms.md §5.4`` (or just ``§5.4``) 
 - every ``§N(.M)*`` in ``src/`` names a numbered heading of ``docs/algorithms.md``, and every ``§11 An`` an
   entry ``An.`` of its section 11;
 - ``src/`` names no document that the repository does not ship (the developers' private spec files) and no
-  issue number of a tracker (a number means nothing to a reader; the comment should say what it means).
+  issue number of a tracker (a number means nothing to a reader; the comment should say what it means);
+- the same holds for the README, ``docs/``, ``tests/`` and ``benchmarks/``.
 
 Failures list every offending ``file:line`` so that references added by a later merge can be fixed at once.
 """
@@ -19,6 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
 ALGORITHMS = ROOT / "docs" / "algorithms.md"
+# read by people as much as src/: the same rules for their references
+OTHER_ROOTS = (ROOT / "README.md", ROOT / "docs", ROOT / "tests", ROOT / "benchmarks")
 
 SECTION_REF = re.compile(r"§\s?(\d+(?:\.\d+)*)")
 AMBIGUITY_REF = re.compile(r"§\s?11,?\s+(A\d+)")
@@ -60,12 +63,21 @@ def test_algorithms_doc_is_shipped_with_numbered_headings():
     assert {"2.2", "3.3", "4.7", "5.4", "6.1", "7.4", "8.1", "9.3", "10.4"} <= headings
 
 
-def test_every_section_reference_in_src_resolves():
+def _unresolved_references(roots: tuple[Path, ...]) -> list[str]:
     text = ALGORITHMS.read_text(encoding="utf-8")
     headings = set(HEADING.findall(text))
     entries = set(AMBIGUITY_ENTRY.findall(text[text.index("## 11.") :]))
-    unresolved = _offences(SECTION_REF, lambda m: m.group(1) not in headings)
-    unresolved += _offences(AMBIGUITY_REF, lambda m: m.group(1) not in entries)
+    unresolved = _offences(SECTION_REF, lambda m: m.group(1) not in headings, roots)
+    return unresolved + _offences(AMBIGUITY_REF, lambda m: m.group(1) not in entries, roots)
+
+
+def test_every_section_reference_in_src_resolves():
+    unresolved = _unresolved_references((SRC,))
+    assert not unresolved, "references with no heading in docs/algorithms.md:\n" + "\n".join(unresolved)
+
+
+def test_every_section_reference_in_docs_tests_and_benchmarks_resolves():
+    unresolved = _unresolved_references(OTHER_ROOTS)
     assert not unresolved, "references with no heading in docs/algorithms.md:\n" + "\n".join(unresolved)
 
 
@@ -75,14 +87,18 @@ def test_src_names_no_document_outside_the_repository():
 
 
 def test_docs_tests_and_benchmarks_name_no_document_outside_the_repository():
-    roots = (ROOT / "README.md", ROOT / "docs", ROOT / "tests", ROOT / "benchmarks")
-    found = _offences(EXTERNAL_DOC, roots=roots)
+    found = _offences(EXTERNAL_DOC, roots=OTHER_ROOTS)
     assert not found, "these files cite documents a clone does not contain:\n" + "\n".join(found)
 
 
 def test_src_names_no_issue_number():
     found = _offences(ISSUE_NUMBER)
     assert not found, "src/ cites tracker numbers (say what they mean instead):\n" + "\n".join(found)
+
+
+def test_docs_tests_and_benchmarks_name_no_issue_number():
+    found = _offences(ISSUE_NUMBER, roots=OTHER_ROOTS)
+    assert not found, "these files cite tracker numbers (say what they mean instead):\n" + "\n".join(found)
 
 
 def test_patterns_catch_what_they_are_for():

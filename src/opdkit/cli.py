@@ -217,7 +217,7 @@ def demo(
     workers: int = typer.Option(None, help="Runs at once (default: the number of cores, at most 4)."),
 ) -> None:
     """Warm-start a tiny teacher and student, train opd vs scope and sdpo vs sc_sdpo (3 seeds), compare."""
-    from opdkit.train.demo import DemoPlan, run_demo
+    from opdkit.recipes.demo import DemoPlan, run_demo
 
     result = run_demo(output, DemoPlan.standard(quick=quick, workers=workers), log=typer.echo)
     typer.echo("")
@@ -241,7 +241,7 @@ def compare(
     """Methods × seeds with the same budget, paired by seed: differences, bootstrap intervals, verdicts."""
     import os
 
-    from opdkit.train import compare as cmp
+    from opdkit.recipes import compare as cmp
 
     try:
         if runs:

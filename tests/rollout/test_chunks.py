@@ -55,18 +55,18 @@ def test_chunked_sampling_gives_the_unchunked_samples(tok, model, prompts, budge
         first_group_id=3,
     )  # fmt: skip
     assert not bool(whole.truncated_N.all()) and bool(whole.truncated_N.any())  # both kinds of rows
-    assert torch.equal(chunked.response_ids_N_L, whole.response_ids_N_L)
-    assert torch.equal(chunked.response_mask_N_L, whole.response_mask_N_L)
+    assert torch.equal(chunked.response_ids_N_T, whole.response_ids_N_T)
+    assert torch.equal(chunked.response_mask_N_T, whole.response_mask_N_T)
     assert torch.equal(chunked.prompt_ids_N_P, whole.prompt_ids_N_P)
     assert torch.equal(chunked.group_ids_N, whole.group_ids_N)
     assert chunked.texts == whole.texts
-    torch.testing.assert_close(chunked.sampler_logp_N_L, whole.sampler_logp_N_L, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(chunked.sampler_logp_N_T, whole.sampler_logp_N_T, atol=1e-5, rtol=1e-5)
 
 
 def test_another_seed_gives_other_samples(tok, model, prompts):
     """The test above could pass with a draw that ignores its numbers; this one could not."""
     params = SamplingParams(n=4, max_new_tokens=24, max_cache_tokens=1)
-    a, b = (sample(model, tok, prompts, params, seed=s).response_ids_N_L for s in (11, 12))
+    a, b = (sample(model, tok, prompts, params, seed=s).response_ids_N_T for s in (11, 12))
     assert a.shape != b.shape or not torch.equal(a, b)
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from teacher_forced import teacher_forced_logprobs
 
 from opdkit.models import TinyModelConfig, build_char_tokenizer, build_tiny_model
-from opdkit.rollout import SamplingParams, encode_chats, response_logprobs, sample
+from opdkit.rollout import SamplingParams, encode_chats, sample
 from opdkit.rollout.decode import multinomial_draw
 
 
@@ -46,10 +47,10 @@ def test_the_lean_loop_samples_what_generate_samples(tok, model, prompts, temper
     params = SamplingParams(n=6, temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=20)
     lean = sample(model, tok, prompts, params, seed=5, share_prompts=share, draw=multinomial_draw)
     hf = sample(model, tok, prompts, params, seed=5, share_prompts=share, use_generate=True)
-    assert torch.equal(lean.response_ids_N_L, hf.response_ids_N_L) and lean.texts == hf.texts
-    assert torch.equal(lean.response_mask_N_L, hf.response_mask_N_L)
+    assert torch.equal(lean.response_ids_N_T, hf.response_ids_N_T) and lean.texts == hf.texts
+    assert torch.equal(lean.response_mask_N_T, hf.response_mask_N_T)
     assert torch.equal(lean.truncated_N, hf.truncated_N)
-    torch.testing.assert_close(lean.sampler_logp_N_L, hf.sampler_logp_N_L, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(lean.sampler_logp_N_T, hf.sampler_logp_N_T, atol=1e-6, rtol=1e-6)
 
 
 def test_runs_stop_early_when_every_row_has_ended(tok, model, prompts):
@@ -57,15 +58,15 @@ def test_runs_stop_early_when_every_row_has_ended(tok, model, prompts):
     # truncated, so the response width is the limit; when every row ends early the loop stops there too.
     params = SamplingParams(n=6, temperature=1.0, max_new_tokens=20)
     out = sample(model, tok, prompts, params, seed=5, draw=multinomial_draw)
-    assert out.truncated_N.any() and not out.truncated_N.all() and out.response_ids_N_L.shape[1] == 20
+    assert out.truncated_N.any() and not out.truncated_N.all() and out.response_ids_N_T.shape[1] == 20
     # With two rows and room for 300 tokens both rows meet an EOS (p ~ 1/103 a step), and the loop stops at
     # the later one, as generate does.
     long = SamplingParams(n=2, temperature=1.0, max_new_tokens=300)
     ended = sample(model, tok, prompts[:1], long, seed=0, draw=multinomial_draw)
     hf = sample(model, tok, prompts[:1], long, seed=0, use_generate=True)
-    assert not ended.truncated_N.any() and ended.response_ids_N_L.shape[1] < 300
-    assert ended.response_ids_N_L.shape[1] == int(ended.response_mask_N_L.sum(-1).max())
-    assert torch.equal(ended.response_ids_N_L, hf.response_ids_N_L)
+    assert not ended.truncated_N.any() and ended.response_ids_N_T.shape[1] < 300
+    assert ended.response_ids_N_T.shape[1] == int(ended.response_mask_N_T.sum(-1).max())
+    assert torch.equal(ended.response_ids_N_T, hf.response_ids_N_T)
 
 
 @pytest.mark.parametrize(("temperature", "top_p", "top_k"), [(1.0, 1.0, 0), (0.7, 0.8, 10)])
@@ -76,7 +77,7 @@ def test_the_default_draw_samples_the_warped_distribution(tok, model, prompts, t
 
     n = 6000
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=1)
-    first_N = sample(model, tok, prompts[1:2], params, seed=0).response_ids_N_L[:, 0]
+    first_N = sample(model, tok, prompts[1:2], params, seed=0).response_ids_N_T[:, 0]
     with torch.no_grad():
         logits_1_V = model(torch.tensor([prompts[1]])).logits[:, -1].float()
     scores_1_V = logits_1_V
@@ -95,17 +96,17 @@ def test_unpadded_prompts_need_no_mask_and_match_generate(tok, model):
     params = SamplingParams(n=4, temperature=1.0, max_new_tokens=10)
     lean = sample(model, tok, same_length, params, seed=1, draw=multinomial_draw)
     hf = sample(model, tok, same_length, params, seed=1, use_generate=True)
-    assert torch.equal(lean.response_ids_N_L, hf.response_ids_N_L)
-    torch.testing.assert_close(lean.sampler_logp_N_L, hf.sampler_logp_N_L, atol=1e-6, rtol=1e-6)
+    assert torch.equal(lean.response_ids_N_T, hf.response_ids_N_T)
+    torch.testing.assert_close(lean.sampler_logp_N_T, hf.sampler_logp_N_T, atol=1e-6, rtol=1e-6)
 
 
 def test_its_outputs_can_enter_a_training_forward(tok, model, prompts):
     # The loop runs in inference mode; its outputs must still be usable where autograd saves them.
     out = sample(model, tok, prompts, SamplingParams(n=2, max_new_tokens=6), seed=0)
-    assert not out.response_ids_N_L.is_inference() and not out.sampler_logp_N_L.is_inference()
-    logp_N_L = response_logprobs(
-        model, out.prompt_ids_N_P, out.prompt_mask_N_P, out.response_ids_N_L, out.response_mask_N_L
+    assert not out.response_ids_N_T.is_inference() and not out.sampler_logp_N_T.is_inference()
+    logp_N_T = teacher_forced_logprobs(
+        model, out.prompt_ids_N_P, out.prompt_mask_N_P, out.response_ids_N_T, out.response_mask_N_T
     )
-    (logp_N_L * out.response_mask_N_L).sum().backward()
+    (logp_N_T * out.response_mask_N_T).sum().backward()
     assert model.lm_head.weight.grad is not None
     model.zero_grad()

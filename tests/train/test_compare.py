@@ -12,7 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from opdkit.cli import app
-from opdkit.train.compare import arms_of, compare_arms, read_arms
+from opdkit.recipes.compare import arms_of, compare_arms, read_arms
 from opdkit.train.config import load_config
 from opdkit.train.configio import to_dict
 

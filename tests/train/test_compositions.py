@@ -117,7 +117,7 @@ def test_srpo_routes_failed_rows_with_a_correct_sibling_to_sdpo(step_setup):
 
 @pytest.mark.parametrize("method", ["grpo", "opd", "scope", "sdpo", "sc_sdpo", "sdpo_paced", "srpo"])
 def test_hidden_state_path_equals_the_full_logit_path(step_setup, method):
-    # The chunked losses from hidden states (the default, issue 8) and the full-logit losses are one function
+    # The chunked losses from hidden states (the default) and the full-logit losses are one function
     # of the weights: equal value and gradient on a real batch.
     cfg, batch, ctx = step_setup(method, MIXED)
     if method == "sdpo_paced":

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from opdkit.train.demo import DemoPlan, comparison_table, pair_comparisons, run_demo
+from opdkit.recipes.demo import DemoPlan, comparison_table, pair_comparisons, run_demo
 
 
 def test_comparison_table_gives_mean_and_sample_std_over_seeds():

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from opdkit.teachers.self_teacher import SelfTeacherOptions, make_teacher_weights
 from opdkit.train import load_config, train
+from opdkit.train.state import Optim
 from opdkit.train.update import step_without_signal
 
 
@@ -37,7 +38,7 @@ def test_zero_gradient_step_moves_the_weights_through_momentum_and_decay():
     teacher_before = next(teacher.model.parameters()).item()  # still 1.0: no EMA update after the real step
     assert teacher_before == 1.0
 
-    stats = step_without_signal(student, teacher, (optimizer, scheduler), updates=1)
+    stats = step_without_signal(student, teacher, Optim(optimizer, scheduler), updates=1)
     # The zero-gradient step: θ = 0.899·0.999 = 0.898101; m = 0.09, v = 0.000999;
     # m̂ = 0.09/(1 − 0.81) = 0.473684, v̂ = 0.000999/(1 − 0.998001) = 0.499750, √v̂ = 0.706930;
     # θ = 0.898101 − 0.1·0.473684/0.706930 = 0.898101 − 0.067006 = 0.831095.

@@ -19,6 +19,7 @@ from opdkit.train import load_config, train
 from opdkit.train.batch import Sequences, StepBatch
 from opdkit.train.methods import METHODS
 from opdkit.train.prefix import packed_hidden, prefix_sharing_ok, response_hidden, shared_prompts
+from opdkit.train.state import Optim
 from opdkit.train.student import FULL_LOGITS, HIDDEN_STATES, choose_forward
 from opdkit.train.update import UpdateSettings, micro_batch_loss, run_updates
 
@@ -145,7 +146,7 @@ def test_several_updates_without_old_logprobs_are_refused(step_setup):
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1.0)
     with pytest.raises(ValueError, match="old log-probs"):
         run_updates(
-            method, cfg, batch, method.prepare(cfg, batch, ctx), ctx, (optimizer, scheduler),
+            method, cfg, batch, method.prepare(cfg, batch, ctx), ctx, Optim(optimizer, scheduler),
             UpdateSettings(mini_batches=2, micro_batch_size=0, grad_clip=1.0),
         )  # fmt: skip
 

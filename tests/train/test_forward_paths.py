@@ -17,6 +17,7 @@ import torch
 
 from opdkit.train.batch import Prepared, Rows
 from opdkit.train.methods import METHODS
+from opdkit.train.state import Optim
 from opdkit.train.student import FULL_LOGITS, HIDDEN_STATES, HiddenStateForward, choose_forward
 from opdkit.train.update import UpdateSettings, micro_batch_loss, run_updates
 
@@ -147,7 +148,7 @@ def test_the_update_runs_the_student_once_per_micro_batch(step_setup):
     optimizer = torch.optim.SGD(ctx.student.parameters(), lr=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1.0)
     settings = UpdateSettings(mini_batches=2, micro_batch_size=3, grad_clip=1.0)
-    stats = run_updates(method, cfg, batch, prepared, ctx, (optimizer, scheduler), settings)
+    stats = run_updates(method, cfg, batch, prepared, ctx, Optim(optimizer, scheduler), settings)
     # 2 mini-batches of 2 groups (8 rows), each in micro-batches of 3, 3 and 2 rows: one forward each
     assert stats.updates == 2
     assert ctx.forward.rows == [3, 3, 2, 3, 3, 2]

@@ -1,4 +1,4 @@
-"""Learning signal (issue 4): from the warm-started tiny student, a few dozen steps of ``opd`` (strong
+"""Learning signal: from the warm-started tiny student, a few dozen steps of ``opd`` (strong
 teacher) and of ``grpo`` raise the held-out pass rate by a margin well outside the evaluation's seed noise.
 
 The real loop, the real presets (``tiny/<method>``), the real warm start (trained once per session into a

@@ -99,7 +99,7 @@ def test_quick_start_renders_non_thinking_prompts_and_stops_at_im_end(
         teacher_ids = [ids for ctx in reprompted.calls for ids in ctx.prompt_ids]
         assert teacher_ids and all(tok.decode(ids).endswith(THINK_OFF) for ids in teacher_ids)
     # rollouts stop at <|im_end|>: a finished row's last token is it, and it appears nowhere earlier
-    rows = [(r, m) for out in sampled.calls for r, m in zip(out.response_ids_N_L, out.response_mask_N_L)]
+    rows = [(r, m) for out in sampled.calls for r, m in zip(out.response_ids_N_T, out.response_mask_N_T)]
     stopped = 0
     for ids, mask in rows:
         real = ids[mask.bool()].tolist()

@@ -1,4 +1,4 @@
-"""Kill and resume loses nothing (docs/architecture.md "Reliability", issue 5).
+"""Kill and resume loses nothing (docs/architecture.md "Reliability").
 
 A run killed with SIGKILL after its step-3 checkpoint and resumed to step 6 logs the same metrics rows
 and ends with the same weights as a run of 6 steps straight (CPU, same seed)."""

@@ -13,7 +13,7 @@ library)::
 
     packed = pack(prompt_ids, prompt_mask, response_ids, response_mask)
     logits = model(**packed.model_inputs()).logits
-    logp_N_T = token_logp(response_logits(logits, packed) / T, response_ids)
+    logp_N_T = token_logp(response_logits(logits, packed) / temperature, response_ids)
 """
 
 from __future__ import annotations
@@ -41,6 +41,11 @@ class Packed:
         }
 
 
+def position_ids_from_mask(mask_N_S: torch.Tensor) -> torch.Tensor:
+    """Positions counting real tokens only: cumsum(mask) − 1, 0 on left padding -> (N, S) int64."""
+    return (mask_N_S.long().cumsum(-1) - 1).clamp(min=0)
+
+
 def pack(
     prompt_ids_N_P: torch.Tensor,
     prompt_mask_N_P: torch.Tensor,
@@ -54,7 +59,7 @@ def pack(
         raise ValueError("every row needs at least one prompt token (a BOS or chat header)")
     input_ids = torch.cat([prompt_ids_N_P, response_ids_N_T], dim=1)
     attention_mask = torch.cat([prompt_mask_N_P, response_mask_N_T], dim=1).to(torch.long)
-    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+    position_ids = position_ids_from_mask(attention_mask)
     return Packed(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -64,13 +69,13 @@ def pack(
     )
 
 
-def response_logits(logits_N_L_V: torch.Tensor, packed: Packed) -> torch.Tensor:
-    """The logits that predict each response token: ``logits[:, P−1 : P+T−1]`` -> (N, T, V).
+def response_logits(logits_N_S_V: torch.Tensor, packed: Packed) -> torch.Tensor:
+    """The logits (N, S = P+T, V) that predict each response token: ``logits[:, P−1 : P+T−1]`` -> (N, T, V).
 
     Also accepts hidden states (N, P+T, H): the same positions are returned.
     """
     start = packed.prompt_len - 1
-    return logits_N_L_V[:, start : start + packed.response_len]
+    return logits_N_S_V[:, start : start + packed.response_len]
 
 
 def token_logp(logits_N_T_V: torch.Tensor, tokens_N_T: torch.Tensor) -> torch.Tensor:
@@ -109,8 +114,3 @@ def right_pad(
             ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
             mask[i, : len(r)] = 1
     return ids, mask
-
-
-def unpad_rows(ids_N_L: torch.Tensor, mask_N_L: torch.Tensor) -> list[list[int]]:
-    """The unpadded token lists of a padded id tensor (either side)."""
-    return [ids[m.to(torch.bool)].tolist() for ids, m in zip(ids_N_L, mask_N_L)]

@@ -79,7 +79,7 @@ def _records_for(
                 "prompt": ex.prompt, "rendered_prompt": rendered[p], "completion": texts[j],
                 "extracted_answer": v.pred,
                 "correct": bool(v.correct), "reward": float(v.score), "feedback": v.feedback,
-                "tokens": int(rollout.response_mask_N_L[i].sum()), "truncated": truncated[j],
+                "tokens": int(rollout.response_mask_N_T[i].sum()), "truncated": truncated[j],
             })  # fmt: skip
     return records
 

@@ -30,24 +30,24 @@ def prompt_chunks(num_prompts: int, tokens_per_prompt: int, budget: int) -> list
 
 
 class TableDraw:
-    """An inverse-CDF draw that takes row i's uniform number at step t from a prepared table U (L, N):
+    """An inverse-CDF draw that takes row i's uniform number at step t from a prepared table U (T, N):
     step t of a call draws with U[t, rows] (one step per call, as ``rollout.decode`` calls its draw)."""
 
-    def __init__(self, uniforms_L_N: torch.Tensor) -> None:
-        self.uniforms_L_N = uniforms_L_N
+    def __init__(self, uniforms_T_N: torch.Tensor) -> None:
+        self.uniforms_T_N = uniforms_T_N
         self.step = 0
 
     @classmethod
     def draw(cls, steps: int, rows: int) -> TableDraw:
-        """A table of float64 uniforms from the global CPU RNG (kept on the CPU: L·N·8 bytes)."""
+        """A table of float64 uniforms from the global CPU RNG (kept on the CPU: T·N·8 bytes)."""
         return cls(torch.rand(steps, rows, dtype=torch.float64))
 
     def rows(self, start: int, stop: int) -> TableDraw:
         """A draw for rows [start, stop) only, starting at step 0."""
-        return TableDraw(self.uniforms_L_N[:, start:stop])
+        return TableDraw(self.uniforms_T_N[:, start:stop])
 
     def __call__(self, probs_N_V: torch.Tensor) -> torch.Tensor:
-        uniform_N = self.uniforms_L_N[self.step].to(probs_N_V.device, non_blocking=True)
+        uniform_N = self.uniforms_T_N[self.step].to(probs_N_V.device, non_blocking=True)
         self.step += 1
         return inverse_cdf_sample(probs_N_V, uniform_N)
 
@@ -57,12 +57,12 @@ def concat_decoded(parts: list[Decoded], pad_id: int) -> Decoded:
     the longest chunk."""
     if len(parts) == 1:
         return parts[0]
-    width = max(p.response_ids_N_L.shape[1] for p in parts)
+    width = max(p.response_ids_N_T.shape[1] for p in parts)
 
     def pad(t: torch.Tensor, value: float) -> torch.Tensor:
         return torch.nn.functional.pad(t.cpu(), (0, width - t.shape[1]), value=value)
 
-    ids = torch.cat([pad(p.response_ids_N_L, pad_id) for p in parts])
-    with_logp = all(p.logp_N_L is not None for p in parts)
-    logp = torch.cat([pad(p.logp_N_L, 0.0) for p in parts]) if with_logp else None
+    ids = torch.cat([pad(p.response_ids_N_T, pad_id) for p in parts])
+    with_logp = all(p.logp_N_T is not None for p in parts)
+    logp = torch.cat([pad(p.logp_N_T, 0.0) for p in parts]) if with_logp else None
     return Decoded(ids, logp)

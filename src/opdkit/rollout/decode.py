@@ -31,17 +31,18 @@ from typing import Any
 import torch
 
 from opdkit.core.sampling import inverse_cdf_sample
+from opdkit.core.sequence import position_ids_from_mask
 from opdkit.rollout.kvcache import Prefill
-from opdkit.rollout.logprobs import position_ids_from_mask
 
 
 @dataclass(frozen=True)
 class Decoded:
-    """response_ids_N_L: int64, the sampled tokens (pad after a row's EOS), L <= max_new_tokens;
-    logp_N_L: float32 log_softmax(raw_logits / T) of each sampled token (T = 1 when greedy), or None."""
+    """response_ids_N_T: int64, the sampled tokens (pad after a row's EOS), T <= max_new_tokens;
+    logp_N_T: float32 log_softmax(raw_logits / temperature) of each sampled token (temperature 1 when greedy),
+    or None."""
 
-    response_ids_N_L: torch.Tensor
-    logp_N_L: torch.Tensor | None
+    response_ids_N_T: torch.Tensor
+    logp_N_T: torch.Tensor | None
 
 
 def _warpers(temperature: float, top_k: int, top_p: float) -> list[Any] | None:
@@ -112,9 +113,9 @@ def decode(
         input_N_S, pos_N_S, logits_N_V = next_N[:, None], pos_N_S[:, -1:] + 1, None
     # clones leave inference mode's tensors here: the caller may use them in autograd (e.g. as embedding ids)
     with torch.inference_mode(False):
-        response_ids_N_L = torch.stack(tokens, dim=1).clone()
-        logp_N_L = torch.stack(logps, dim=1).clone() if logprobs else None
-    return Decoded(response_ids_N_L, logp_N_L)
+        response_ids_N_T = torch.stack(tokens, dim=1).clone()
+        logp_N_T = torch.stack(logps, dim=1).clone() if logprobs else None
+    return Decoded(response_ids_N_T, logp_N_T)
 
 
 def inverse_cdf_draw(probs_N_V: torch.Tensor) -> torch.Tensor:

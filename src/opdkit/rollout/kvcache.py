@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from opdkit.rollout.logprobs import position_ids_from_mask
+from opdkit.core.sequence import position_ids_from_mask
 from opdkit.rollout.padding import Padded
 
 

@@ -5,10 +5,10 @@ contiguous and share one ``group_ids_N`` value. Generation stops at EOS or after
 truncated response keeps its tokens in the mask. The response mask covers every token up to and including
 the first EOS; padding after it is 0.
 
-The sampler's log-prob of each chosen token is ``log_softmax(raw_logits / T)`` at that token (before top-k /
-top-p filtering, the same quantity the trainer recomputes, §0), recorded one step at a time, so no (N, L, V)
-tensor is kept. Greedy decoding (T = 0) reports log_softmax(raw logits). ``SamplingParams(logprobs=False)``
-skips the recording (an (N, V) log-softmax per generated token).
+The sampler's log-prob of each chosen token is ``log_softmax(raw_logits / temperature)`` at that token
+(before top-k / top-p filtering, the same quantity the trainer recomputes, §0), recorded one step at a time,
+so no (N, T, V) tensor is kept. Greedy decoding (temperature 0) reports log_softmax(raw logits).
+``SamplingParams(logprobs=False)`` skips the recording (an (N, V) log-softmax per generated token).
 
 The cache comes from ``rollout.kvcache``: each prompt prefilled once for its G samples, and new tokens written
 in place rather than appended by re-copying the cache (the same tokens and log-probs; only rounding differs).
@@ -21,7 +21,7 @@ plain go through ``generate`` itself (``use_generate=True`` forces it).
 
     params = SamplingParams(n=8, temperature=1.0, max_new_tokens=16)
     batch = sample(model, tok, encode_chats(tok, [row["prompt"] for row in rows]), params, seed=0)
-    batch.texts[0], batch.response_ids_N_L.shape, batch.group_ids_N
+    batch.texts[0], batch.response_ids_N_T.shape, batch.group_ids_N
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from opdkit.rollout.stops import stop_token_ids
 @dataclass(frozen=True)
 class SamplingParams:
     """n: samples per prompt (G); temperature 0 = greedy; top_k 0 and top_p 1.0 = off; logprobs: record the
-    sampler's log-prob of each chosen token (``Rollout.sampler_logp_N_L``)."""
+    sampler's log-prob of each chosen token (``Rollout.sampler_logp_N_T``)."""
 
     n: int = 1
     temperature: float = 1.0
@@ -65,31 +65,27 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class Rollout:
-    """N = prompts × n sequences; P prompt columns (left-padded), L response columns (right-padded).
+    """N = prompts × n sequences; P prompt columns (left-padded), T response columns (right-padded).
 
-    prompt_ids_N_P, prompt_mask_N_P: int64; response_ids_N_L, response_mask_N_L: int64 (EOS inside the mask);
-    sampler_logp_N_L: float32 log_softmax(raw_logits / T) of each chosen token, 0.0 at padding (None when
-    ``SamplingParams.logprobs`` is False);
+    prompt_ids_N_P, prompt_mask_N_P: int64; response_ids_N_T, response_mask_N_T: int64 (EOS inside the mask);
+    sampler_logp_N_T: float32 log_softmax(raw_logits / temperature) of each chosen token, 0.0 at padding
+    (None when ``SamplingParams.logprobs`` is False);
     truncated_N: bool, no EOS within max_new_tokens; group_ids_N: int64, equal within a prompt's group;
     texts: the decoded responses (special tokens skipped).
     """
 
     prompt_ids_N_P: torch.Tensor
     prompt_mask_N_P: torch.Tensor
-    response_ids_N_L: torch.Tensor
-    response_mask_N_L: torch.Tensor
-    sampler_logp_N_L: torch.Tensor | None
+    response_ids_N_T: torch.Tensor
+    response_mask_N_T: torch.Tensor
+    sampler_logp_N_T: torch.Tensor | None
     truncated_N: torch.Tensor
     group_ids_N: torch.Tensor
     texts: list[str]
 
-    @property
-    def num_rows(self) -> int:
-        return self.response_ids_N_L.shape[0]
-
     def response_lists(self) -> list[list[int]]:
         """Each response's real token ids (EOS included when present)."""
-        return [r[m.bool()].tolist() for r, m in zip(self.response_ids_N_L, self.response_mask_N_L)]
+        return [r[m.bool()].tolist() for r, m in zip(self.response_ids_N_T, self.response_mask_N_T)]
 
 
 class _ChosenTokenLogprobs:
@@ -117,11 +113,11 @@ class _ChosenTokenLogprobs:
         return scores
 
 
-def _response_mask(response_ids_N_L: torch.Tensor, eos_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mask_N_L, truncated_N): ones up to and including the first EOS; all ones when there is none."""
-    is_eos_N_L = torch.isin(response_ids_N_L, torch.tensor(eos_ids, device=response_ids_N_L.device))
-    seen_before_N_L = (is_eos_N_L.long().cumsum(-1) - is_eos_N_L.long()) > 0  # an EOS strictly earlier
-    return (~seen_before_N_L).long(), ~is_eos_N_L.any(-1)
+def _response_mask(response_ids_N_T: torch.Tensor, eos_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask_N_T, truncated_N): ones up to and including the first EOS; all ones when there is none."""
+    is_eos_N_T = torch.isin(response_ids_N_T, torch.tensor(eos_ids, device=response_ids_N_T.device))
+    seen_before_N_T = (is_eos_N_T.long().cumsum(-1) - is_eos_N_T.long()) > 0  # an EOS strictly earlier
+    return (~seen_before_N_T).long(), ~is_eos_N_T.any(-1)
 
 
 @torch.no_grad()
@@ -250,8 +246,8 @@ def _generate(
         model.generation_config = saved_config
     if recorder is not None:
         recorder.collect(out.sequences)  # the last step's chosen token
-    logp_N_L = None if recorder is None else torch.stack(recorder.logps, dim=1)
-    return Decoded(out.sequences[:, ids_N_P.shape[1] :], logp_N_L)
+    logp_N_T = None if recorder is None else torch.stack(recorder.logps, dim=1)
+    return Decoded(out.sequences[:, ids_N_P.shape[1] :], logp_N_T)
 
 
 def _cuda_devices(device: torch.device) -> list[int]:
@@ -267,18 +263,18 @@ def _assemble(
     out: Decoded,
     group_ids_N: torch.Tensor,
 ) -> Rollout:
-    mask_N_L, truncated_N = _response_mask(out.response_ids_N_L, eos_ids)
-    logp_N_L = None if out.logp_N_L is None else out.logp_N_L * mask_N_L.float()
-    response_ids_N_L = out.response_ids_N_L.masked_fill(mask_N_L == 0, pad_id)
+    mask_N_T, truncated_N = _response_mask(out.response_ids_N_T, eos_ids)
+    logp_N_T = None if out.logp_N_T is None else out.logp_N_T * mask_N_T.float()
+    response_ids_N_T = out.response_ids_N_T.masked_fill(mask_N_T == 0, pad_id)
     texts = tokenizer.batch_decode(
-        [r[m.bool()].tolist() for r, m in zip(response_ids_N_L, mask_N_L)], skip_special_tokens=True
+        [r[m.bool()].tolist() for r, m in zip(response_ids_N_T, mask_N_T)], skip_special_tokens=True
     )
     return Rollout(
         prompt_ids_N_P=ids_N_P.cpu(),
         prompt_mask_N_P=mask_N_P.cpu(),
-        response_ids_N_L=response_ids_N_L.cpu(),
-        response_mask_N_L=mask_N_L.cpu(),
-        sampler_logp_N_L=None if logp_N_L is None else logp_N_L.cpu(),
+        response_ids_N_T=response_ids_N_T.cpu(),
+        response_mask_N_T=mask_N_T.cpu(),
+        sampler_logp_N_T=None if logp_N_T is None else logp_N_T.cpu(),
         truncated_N=truncated_N.cpu(),
         group_ids_N=group_ids_N,
         texts=texts,

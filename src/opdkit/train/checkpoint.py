@@ -24,6 +24,7 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -193,7 +194,7 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0] if lines else ''}"
 
 
-def _report_incomplete(run_dir: Path, log: Any) -> None:
+def _report_incomplete(run_dir: Path, log: Callable[[str], None]) -> None:
     root = Path(run_dir) / "checkpoints"
     if root.is_dir():
         for d in sorted(root.iterdir()):
@@ -201,7 +202,7 @@ def _report_incomplete(run_dir: Path, log: Any) -> None:
                 log(f"skipping incomplete checkpoint {d} (no COMPLETE marker)")
 
 
-def latest_checkpoint(run_dir: Path, log: Any = print) -> Path | None:
+def latest_checkpoint(run_dir: Path, log: Callable[[str], None] = print) -> Path | None:
     """The newest checkpoint that is complete and loads; broken ones are reported and skipped."""
     _report_incomplete(run_dir, log)
     for ckpt in reversed(complete_checkpoints(run_dir)):
@@ -224,7 +225,9 @@ class LoadedCheckpoint:
     state: dict[str, Any]
 
 
-def load_latest_checkpoint(run_dir: Path, dtype: torch.dtype, log: Any = print) -> LoadedCheckpoint | None:
+def load_latest_checkpoint(
+    run_dir: Path, dtype: torch.dtype, log: Callable[[str], None] = print
+) -> LoadedCheckpoint | None:
     """Read the newest checkpoint whose every file loads, for a resume.
 
     Newest first; one that fails to load (a corrupt safetensors file, a truncated state) is reported in one

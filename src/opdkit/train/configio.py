@@ -106,10 +106,6 @@ def section(
     return dataclasses.field(default_factory=factory, metadata={"help": help, "resolver": resolver})
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
 def _coerce(value: Any, tp: Any, path: str) -> Any:
     """Check/convert a YAML value to the annotated type; error names the key."""
     origin = typing.get_origin(tp)
@@ -117,14 +113,13 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, path)
-            except ConfigError as exc:
-                errors.append(str(exc))
+            except ConfigError:
+                continue  # the next member may fit; the error names the whole union
         raise ConfigError(f"{path}: {value!r} does not fit {tp}")
     if origin is typing.Literal:
         choices = typing.get_args(tp)

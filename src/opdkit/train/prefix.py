@@ -24,9 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from opdkit.core.sequence import pack, response_logits
+from opdkit.core.sequence import pack, position_ids_from_mask, response_logits
 from opdkit.rollout.kvcache import is_plain_cache
-from opdkit.rollout.logprobs import position_ids_from_mask
 
 
 @dataclass(frozen=True)

@@ -63,8 +63,8 @@ def collect_rollouts(
     batch = StepBatch(
         prompt_ids_N_P=out.prompt_ids_N_P.to(device),
         prompt_mask_N_P=out.prompt_mask_N_P.to(device),
-        response_ids_N_T=out.response_ids_N_L.to(device),
-        response_mask_N_T=out.response_mask_N_L.to(device),
+        response_ids_N_T=out.response_ids_N_T.to(device),
+        response_mask_N_T=out.response_mask_N_T.to(device),
         group_ids_N=out.group_ids_N.to(device),
         rewards_N=rewards_N.to(device),
         success_N=torch.tensor([v.correct for v in verdicts], dtype=torch.bool, device=device),

@@ -1,4 +1,4 @@
-"""Everything the loop needs before its first step: device, models, data, teachers, optimizer, sampler.
+"""Everything the loop needs before its first step: device, models, data, teachers, optimizer.
 
 Kept out of ``loop.py`` so that the loop itself reads top to bottom.
 """
@@ -21,8 +21,9 @@ from opdkit.eval import TaskSource, resolve_examples
 from opdkit.eval.datasets import task_examples_from_problems
 from opdkit.rewards import make_verifier, verify_batch
 from opdkit.rollout import SamplingParams, encode_chats, sample
-from opdkit.teachers.base import TEACHERS
-from opdkit.train.config import TrainConfig
+from opdkit.teachers.base import TEACHERS, Teacher
+from opdkit.train.config import TeacherConfig, TrainConfig
+from opdkit.train.state import Optim
 
 
 def resolve_device(name: str) -> torch.device:
@@ -144,7 +145,9 @@ def load_data(cfg: TrainConfig, tokenizer: Any, chat_kwargs: dict) -> Data:
     return Data(train=train, eval=held_out, train_prompt_ids=prompt_ids)
 
 
-def _local_options(t: Any, models: Models, device: torch.device, temperature: float) -> dict[str, Any]:
+def _local_options(
+    t: TeacherConfig, models: Models, device: torch.device, temperature: float
+) -> dict[str, Any]:
     path = t.path
     if path in ("", "tiny"):
         if models.teacher_path is None:
@@ -156,12 +159,14 @@ def _local_options(t: Any, models: Models, device: torch.device, temperature: fl
     return {"path": path, "device": str(device), "temperature": temperature, "dtype": models.dtype}
 
 
-def server_api_key(t: Any) -> str | None:
+def server_api_key(t: TeacherConfig) -> str | None:
     """The teacher server's key: ``teacher.api_key``, else the variable ``teacher.api_key_env``, else none."""
     return t.api_key or (os.environ.get(t.api_key_env) if t.api_key_env else None) or None
 
 
-def _server_options(t: Any, models: Models, device: torch.device, temperature: float) -> dict[str, Any]:
+def _server_options(
+    t: TeacherConfig, models: Models, device: torch.device, temperature: float
+) -> dict[str, Any]:
     if not t.url:
         raise ValueError("teacher.kind=server needs teacher.url")
     return {
@@ -172,7 +177,9 @@ def _server_options(t: Any, models: Models, device: torch.device, temperature: f
     }  # fmt: skip
 
 
-def _unreliable_options(t: Any, models: Models, device: torch.device, temperature: float) -> dict[str, Any]:
+def _unreliable_options(
+    t: TeacherConfig, models: Models, device: torch.device, temperature: float
+) -> dict[str, Any]:
     return {**_local_options(t, models, device, temperature), "wrong_fraction": t.wrong_fraction}
 
 
@@ -180,7 +187,9 @@ def _unreliable_options(t: Any, models: Models, device: torch.device, temperatur
 _TEACHER_OPTIONS = {"local": _local_options, "server": _server_options, "unreliable": _unreliable_options}
 
 
-def make_external_teacher(cfg: TrainConfig, models: Models, device: torch.device, temperature: float) -> Any:
+def make_external_teacher(
+    cfg: TrainConfig, models: Models, device: torch.device, temperature: float
+) -> Teacher:
     """The ``teacher.kind`` teacher; its tokenizer must equal the student's (ids are sent as they are)."""
     if cfg.teacher.kind == "none":
         raise ValueError(
@@ -200,7 +209,7 @@ def make_external_teacher(cfg: TrainConfig, models: Models, device: torch.device
     return teacher
 
 
-def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, Any]:
+def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> Optim:
     """AdamW and a linear-warm-up-then-constant schedule (§10).
 
     The fused AdamW kernel (one kernel for all parameters; the same update) on CPU and CUDA, where torch has
@@ -220,38 +229,7 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> tuple[torch.opti
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda i: min(1.0, (i + 1) / warmup) if warmup else 1.0
     )
-    return optimizer, scheduler
-
-
-class PromptSampler:
-    """Draws questions without replacement, reshuffling (seeded) at each epoch; its state is two ints."""
-
-    def __init__(self, size: int, seed: int) -> None:
-        if size == 0:
-            raise ValueError("the training set is empty")
-        self.size, self.seed = size, seed
-        self.epoch, self.pos = 0, 0
-
-    def _order(self) -> list[int]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return torch.randperm(self.size, generator=g).tolist()
-
-    def next(self, count: int) -> list[int]:
-        out: list[int] = []
-        order = self._order()
-        while len(out) < count:
-            if self.pos == self.size:
-                self.epoch, self.pos = self.epoch + 1, 0
-                order = self._order()
-            out.append(order[self.pos])
-            self.pos += 1
-        return out
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "pos": self.pos}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+    return Optim(optimizer, scheduler)
 
 
 def offline_pass_rates(

@@ -33,6 +33,7 @@ from opdkit.core.losses import LossOutput
 from opdkit.train.batch import Prepared, R, StepBatch, micro_batch_size
 from opdkit.train.methods.base import Method, MethodConfig, MethodContext
 from opdkit.train.precision import LossScaler, autocast
+from opdkit.train.state import Optim
 from opdkit.train.weight_guard import guarded_step
 
 
@@ -109,7 +110,7 @@ def run_updates(
     batch: StepBatch,
     prepared: Prepared[R],
     ctx: MethodContext,
-    optim: tuple[torch.optim.Optimizer, Any],
+    optim: Optim,
     settings: UpdateSettings,
     bad_streak: int = 0,
 ) -> UpdateStats:
@@ -119,7 +120,7 @@ def run_updates(
     ``bad_streak``: refused updates in a row before this step; the step makes no more updates once the
     streak reaches ``settings.max_bad_updates``.
     """
-    optimizer, scheduler = optim
+    optimizer = optim.optimizer
     stats = UpdateStats(bad_streak=bad_streak)
     scaler = settings.scaler or LossScaler("float32", "cpu")
     params = [p for p in ctx.student.parameters() if p.requires_grad]
@@ -147,7 +148,7 @@ def run_updates(
             stats.refuse(optimizer, check.reason, by_guard=True)
             continue
         stats.bad_streak = 0
-        scheduler.step()
+        optim.scheduler.step()
         if ctx.self_teacher is not None:
             ctx.self_teacher.update(ctx.student)
         stats.updates += 1
@@ -191,14 +192,14 @@ def micro_batch_loss(
 
 
 def step_without_signal(
-    student: torch.nn.Module, self_teacher: Any, optim: tuple[torch.optim.Optimizer, Any], updates: int
+    student: torch.nn.Module, self_teacher: Any, optim: Optim, updates: int
 ) -> UpdateStats:
     """``updates`` optimizer steps on an all-zero gradient, each followed by the scheduler and EMA updates.
 
     AdamW on g = 0 (after k earlier steps): m ← β1·m, v ← β2·v, θ ← θ·(1 − lr·wd) − lr·m̂/(√v̂ + ε), so the
     weights move unless m = 0 and wd = 0. Gradients are set to zeros, not None: torch skips a None grad.
     """
-    optimizer, scheduler = optim
+    optimizer, scheduler = optim.optimizer, optim.scheduler
     stats = UpdateStats()
     for _ in range(updates):
         optimizer.zero_grad(set_to_none=True)

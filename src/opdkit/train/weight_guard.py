@@ -18,14 +18,14 @@ caller) the learning-rate scheduler and the EMA self-teacher, which are only adv
 
 Cost, and why not a snapshot. For ``torch.optim.AdamW`` (what the trainer builds) the update is *predicted*
 before it is applied, from the clipped gradient and the optimizer's moments, chunk by chunk, with the same
-equations as ``AdamW.step``; a refused update is simply never applied, so the rollback needs no copy. Extra
-memory: a few float32 buffers of at most ``_CHUNK`` elements (16 MiB each); extra time: one more read of
-θ, g, m and v, about what the optimizer step itself costs (on an 8B model, ~100 GB at a few TB/s: tens of ms,
-against seconds for the forward and backward passes). A snapshot-and-restore instead would hold a second copy
-of the weights and both Adam moments: at 8B with bfloat16 weights and float32 moments that is ~80 GB, which
-does not fit next to the model on one 141 GB GPU and takes seconds per update to copy to host memory.
-Other optimizers (not built by the trainer; tests use SGD) fall back to that snapshot (kept on the
-parameters' device), which is only reasonable for small models.
+equations as ``AdamW.step`` (``core.optim.adamw_new_weights``); a refused update is simply never applied, so
+the rollback needs no copy. Extra memory: a few float32 buffers of at most ``_CHUNK`` elements (16 MiB each);
+extra time: one more read of θ, g, m and v, about what the optimizer step itself costs (on an 8B model,
+~100 GB at a few TB/s: tens of ms, against seconds for the forward and backward passes). A snapshot and
+restore instead would hold a second copy of the weights and both Adam moments: at 8B with bfloat16 weights and
+float32 moments that is ~80 GB, which does not fit next to the model on one 141 GB GPU and takes seconds per
+update to copy to host memory. Other optimizers (not built by the trainer; tests use SGD) fall back to that
+snapshot (kept on the parameters' device), which is only reasonable for small models.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ import math
 from dataclasses import dataclass
 
 import torch
+
+from opdkit.core.optim import AdamWSettings, adamw_new_weights
 
 _CHUNK = 1 << 22  # elements per predicted chunk: bounded temporary memory whatever the tensor size
 
@@ -79,13 +81,15 @@ def _predictable(optimizer: torch.optim.Optimizer) -> bool:
 def _predict_adamw(optimizer: torch.optim.Optimizer) -> tuple[float, float, bool]:
     """(||Δθ||², ||θ||², θ+Δθ finite) of the update ``optimizer.step()`` would make, without making it.
 
-    AdamW at step t (t counts from 1), for each parameter with a gradient g:
-        m = β₁m + (1−β₁)g,   v = β₂v + (1−β₂)g²,
-        θ' = θ(1 − lr·λ) − lr/(1−β₁ᵗ) · m / (√v/√(1−β₂ᵗ) + ε)        (λ = weight decay; no decay if λ = 0)
-    Sums accumulate on each parameter's device and are read once at the end (no per-chunk host sync).
+    θ+Δθ is ``core.optim.adamw_new_weights`` (AdamW's equations). Sums accumulate on each parameter's device
+    and are read once at the end (no per-chunk host sync).
     """
     sums: dict[torch.device, torch.Tensor] = {}  # device -> [Σ Δθ², Σ θ², count of non-finite θ']
     for group in optimizer.param_groups:
+        beta1, beta2 = (float(b) for b in group["betas"])
+        settings = AdamWSettings(
+            float(group["lr"]), beta1, beta2, float(group["eps"]), float(group["weight_decay"])
+        )
         for p in group["params"]:
             if p.grad is None:
                 continue  # AdamW leaves it untouched
@@ -93,23 +97,20 @@ def _predict_adamw(optimizer: torch.optim.Optimizer) -> tuple[float, float, bool
             state = optimizer.state.get(p, {})
             t = float(state["step"]) + 1 if "step" in state else 1.0
             for lo in range(0, p.numel(), _CHUNK):
-                acc += _adamw_chunk(p, state, group, t, slice(lo, lo + _CHUNK))
+                acc += _adamw_chunk(p, state, settings, t, slice(lo, lo + _CHUNK))
     total = sum((a.cpu() for a in sums.values()), torch.zeros(3))
     return float(total[0]), float(total[1]), bool(total[2] == 0)
 
 
-def _adamw_chunk(p: torch.Tensor, state: dict, group: dict, t: float, sl: slice) -> torch.Tensor:
+def _adamw_chunk(p: torch.Tensor, state: dict, settings: AdamWSettings, t: float, sl: slice) -> torch.Tensor:
     """[Σ Δθ², Σ θ², non-finite count] of one flat chunk of ``p``, in float32 (see ``_predict_adamw``)."""
-    lr, eps, wd = float(group["lr"]), float(group["eps"]), float(group["weight_decay"])
-    beta1, beta2 = (float(b) for b in group["betas"])
-    theta = p.detach().reshape(-1)[sl].float()
-    g = p.grad.reshape(-1)[sl].float()
-    m, v = (1 - beta1) * g, (1 - beta2) * g * g
-    if "exp_avg" in state:
-        m = m + beta1 * state["exp_avg"].reshape(-1)[sl].float()
-        v = v + beta2 * state["exp_avg_sq"].reshape(-1)[sl].float()
-    new = theta * (1 - lr * wd) if wd != 0 else theta
-    new = new - (lr / (1 - beta1**t)) * m / (v.sqrt() / math.sqrt(1 - beta2**t) + eps)
+
+    def flat(x: torch.Tensor) -> torch.Tensor:
+        return x.detach().reshape(-1)[sl]
+
+    theta = flat(p).float()
+    m, v = (flat(state["exp_avg"]), flat(state["exp_avg_sq"])) if "exp_avg" in state else (None, None)
+    new = adamw_new_weights(theta, flat(p.grad), m, v, t, settings)
     bad = (~torch.isfinite(new.to(p.dtype))).sum()
     return torch.stack([(new - theta).square().sum(), theta.square().sum(), bad.float()])
 
