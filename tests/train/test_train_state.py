@@ -8,6 +8,7 @@ import torch
 from opdkit.train.methods import MethodContext
 from opdkit.train.precision import LossScaler
 from opdkit.train.state import Optim, PromptSampler, TrainState
+from opdkit.train.student import FULL_LOGITS
 
 STATE_KEYS = {
     "step", "optimizer", "scheduler", "sampler", "rng", "teacher_failures", "bad_updates", "paced_weights_D",
@@ -21,7 +22,7 @@ def _state(weight: float) -> TrainState:
         model.weight.fill_(weight)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: min(1.0, (i + 1) / 4))
-    ctx = MethodContext(student=model, tokenizer=None, temperature=1.0)
+    ctx = MethodContext(student=model, tokenizer=None, temperature=1.0, forward=FULL_LOGITS)
     return TrainState(
         Optim(optimizer, scheduler), LossScaler("float32", "cpu"), PromptSampler(5, seed=3), ctx
     )
