@@ -96,7 +96,7 @@ def _train_batch(tok, rows: list[dict], old_logp_N_T: torch.Tensor | None = None
     )  # fmt: skip
 
 
-def _opdkit_train_update(models, method_name: str, cfg, rows: list[dict], *, hidden: bool):
+def _opdkit_train_update(models, method_name: str, cfg, rows: list[dict], *, hidden: bool, paced=None):
     """opdkit train's loss and student gradients (name -> tensor) for one update on these rows."""
     from opdkit.teachers.self_teacher import SelfTeacherOptions, make_teacher_weights
     from opdkit.train.forward import old_logprobs
@@ -111,7 +111,7 @@ def _opdkit_train_update(models, method_name: str, cfg, rows: list[dict], *, hid
     ctx = SimpleNamespace(
         student=student, tokenizer=models.tokenizer, temperature=1.0, hidden_states=hidden,
         self_teacher=make_teacher_weights(models.hf_teacher, options), self_teacher_options=options,
-        chat_kwargs={}, teacher=None, paced_weights_D=None,
+        chat_kwargs={}, teacher=None, paced_weights_D=paced,
     )  # fmt: skip
     method = METHODS.get(method_name)
     prepared = method.prepare(cfg, batch, ctx)
@@ -141,7 +141,7 @@ def _per_token(values_N: torch.Tensor, lengths: list[int]) -> list[torch.Tensor]
     return [torch.full((n,), float(v)) for v, n in zip(values_N.tolist(), lengths)]
 
 
-def _verl_update(models, settings, loss_config, rows: list[dict], old_logp_N_T: torch.Tensor):
+def _verl_update(models, settings, loss_config, rows: list[dict], old_logp_N_T: torch.Tensor, paced=None):
     """The plugin's loss and gradients through verl's engine (module docstring)."""
     from verl.utils.tensordict_utils import list_of_dict_to_tensordict
     from verl_cpu_engine import engine_batch
@@ -157,7 +157,8 @@ def _verl_update(models, settings, loss_config, rows: list[dict], old_logp_N_T: 
     lengths = [len(r) for r in rollouts.response_ids]
     mask_N_T = torch.arange(max(lengths)).unsqueeze(0) < torch.tensor(lengths).unsqueeze(-1)
     entropy = _teacher_entropy_N_T(models, rows, teacher) if settings.method == "srpo" else None
-    inputs = sf.StepInputs(rollouts, teacher, mask_N_T, teacher_entropy_N_T=entropy)
+    paced_N = None if paced is None else paced[torch.tensor(GROUPS)]  # each row's frozen weight
+    inputs = sf.StepInputs(rollouts, teacher, mask_N_T, paced_weight_N=paced_N, teacher_entropy_N_T=entropy)
     step = sf.self_distill_fields(inputs, settings)
     fields = {"old_log_probs": [old_logp_N_T[i, :n] for i, n in enumerate(lengths)]}
     fields[FIELD_TEACHER_IDS] = [torch.tensor(ids) for ids in teacher.input_ids]
@@ -188,10 +189,10 @@ def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp(min=1e-30))
 
 
-def _check_same_update(models, method_name: str, cfg, settings, loss_config, *, hidden: bool = True) -> None:
+def _check_same_update(models, method_name: str, cfg, settings, loss_config, *, paced=None) -> None:
     rows = _rows(models.tokenizer)
-    loss_ref, grads_ref, old = _opdkit_train_update(models, method_name, cfg, rows, hidden=hidden)
-    out, grads = _verl_update(models, settings, loss_config, rows, old)
+    loss_ref, grads_ref, old = _opdkit_train_update(models, method_name, cfg, rows, hidden=True, paced=paced)
+    out, grads = _verl_update(models, settings, loss_config, rows, old, paced)
     loss_verl = float(sum(out["loss"])) if isinstance(out["loss"], list) else float(out["loss"])
     assert abs(loss_ref) > 1e-3  # teacher ≠ student: a real divergence (SRPO: plus a signed GRPO term)
     assert abs(loss_verl - loss_ref) <= 1e-4 * abs(loss_ref), (loss_verl, loss_ref)
@@ -243,3 +244,17 @@ def test_srpo_update_through_verl_engine_equals_opdkit_train(models) -> None:
     _check_same_update(
         models, "srpo", SrpoConfig(), SelfDistillSettings("srpo"), SelfDistillLossConfig("srpo")
     )
+
+
+def test_paced_update_through_verl_engine_equals_opdkit_train(models) -> None:
+    from opdkit.core.weights import paced_weights
+    from opdkit.integrations.verl.sdpo_fields import SelfDistillSettings
+    from opdkit.integrations.verl.sdpo_loss import SelfDistillLossConfig
+    from opdkit.train.methods.sdpo import PacedConfig
+
+    # frozen offline pass rates of the two training questions: p0(1-p0) = .09, .25 -> mean 1 over both
+    paced = paced_weights(torch.tensor([0.1, 0.5]))
+    _check_same_update(
+        models, "sdpo_paced", PacedConfig(), SelfDistillSettings("sdpo_paced"), SelfDistillLossConfig("sdpo"),
+        paced=paced,
+    )  # fmt: skip
