@@ -37,7 +37,6 @@ from opdkit.integrations.verl.config_methods import (
     PLANS,
     SC_DIVERGENCES,
     SC_WEIGHTINGS,
-    UNSUPPORTED,
     ConfigError,
 )
 from opdkit.integrations.verl.config_sdpo import self_teacher_node  # also registers the SDPO plans
@@ -123,14 +122,6 @@ def _load(raw: Mapping[str, Any], overrides: Sequence[str]) -> _Inputs:
     try:
         merged = apply_overrides(dict(raw), overrides)
         verl = _verl_section(merged.pop("verl", None))
-        name = (merged.get("method") or {}).get("name", "grpo")
-        if name in UNSUPPORTED:
-            raise ConfigError(
-                f"method.name {name!r} needs a privileged-context (reprompted) self-teacher, which verl "
-                "0.9.1 does not have (its teacher pool scores the student's own prompt); on verl use opd "
-                "with verl.sc_weighting=pass_rate (SC-weighted distillation from an external teacher), or "
-                f"run {name} with `opdkit train` (docs/verl.md)"
-            )
         return _Inputs(cfg=config_from_dict(merged), verl=verl)
     except TrainConfigError as exc:
         raise ConfigError(str(exc)) from None

@@ -38,8 +38,6 @@ class MethodPlan:
 
 PLANS: Registry[Callable[[Any, dict[str, Any]], MethodPlan]] = Registry("verl method")
 
-#: Methods verl cannot run (none since the SDPO family's opdkit_sdpo trainer).
-UNSUPPORTED: tuple[str, ...] = ()
 SC_WEIGHTINGS = ("none", "pass_rate", "hard_filter")
 #: verl.sc_divergence -> (loss mode, used as a policy-gradient reward?). k1 as a reward is OPD (§3.1); k3 and
 #: verl's top-k forward KL are supervised losses (verl's recommendation for them).
