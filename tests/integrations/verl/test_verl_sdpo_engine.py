@@ -60,10 +60,11 @@ def models(tmp_path_factory):
     )
 
 
-def _rows(tok) -> list[dict]:
+def _rows(tok, rewards: list[float] | None = None) -> list[dict]:
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
     rows = []
-    for (text, reward), g in zip(RESPONSES, GROUPS):
+    rewards = rewards or [reward for _, reward in RESPONSES]
+    for (text, _), reward, g in zip(RESPONSES, rewards, GROUPS):
         prompt = tok(tok.apply_chat_template(QUESTIONS[g], add_generation_prompt=True, tokenize=False))
         response = tok(text, add_special_tokens=False)["input_ids"] + [im_end]
         rm_scores = torch.zeros(len(response))
@@ -85,7 +86,7 @@ def _train_batch(tok, rows: list[dict], old_logp_N_T: torch.Tensor | None = None
     responses = [r["responses"].tolist() for r in rows]
     prompt_ids, prompt_mask = left_pad([r["prompts"].tolist() for r in rows], tok.pad_token_id)
     response_ids, response_mask = right_pad(responses, tok.pad_token_id)
-    rewards_N = torch.tensor([reward for _, reward in RESPONSES])
+    rewards_N = torch.tensor([float(r["rm_scores"].sum()) for r in rows])
     return StepBatch(
         prompt_ids_N_P=prompt_ids, prompt_mask_N_P=prompt_mask, response_ids_N_T=response_ids,
         response_mask_N_T=response_mask, group_ids_N=torch.tensor(GROUPS), rewards_N=rewards_N,
@@ -191,8 +192,10 @@ def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp(min=1e-30))
 
 
-def _check_same_update(models, method_name, cfg, settings, loss_config, *, paced=None, live=False) -> None:
-    rows = _rows(models.tokenizer)
+def _check_same_update(
+    models, method_name, cfg, settings, loss_config, *, paced=None, live=False, rewards=None
+) -> None:
+    rows = _rows(models.tokenizer, rewards)
     loss_ref, grads_ref, old = _opdkit_train_update(models, method_name, cfg, rows, paced=paced, live=live)
     out, grads = _verl_update(models, settings, loss_config, rows, old, paced, live)
     loss_verl = float(sum(out["loss"])) if isinstance(out["loss"], list) else float(out["loss"])
@@ -230,7 +233,8 @@ def test_sc_sdpo_update_through_verl_engine_equals_opdkit_train(models, sc_alpha
 
     _check_same_update(
         models, "sc_sdpo", ScSdpoConfig(sc_alpha=sc_alpha),
-        SelfDistillSettings("sc_sdpo", sc_alpha=sc_alpha), SelfDistillLossConfig("sdpo"),
+        SelfDistillSettings("sc_sdpo", sc_alpha=sc_alpha),
+        SelfDistillLossConfig("sdpo", chunk_tokens=7),  # ~40 loss positions: six teacher chunks
     )  # fmt: skip
 
 
@@ -239,9 +243,10 @@ def test_hard_filter_update_through_verl_engine_equals_opdkit_train(models) -> N
     from opdkit.integrations.verl.sdpo_loss import SelfDistillLossConfig
     from opdkit.train.methods.sdpo import HardFilterConfig
 
+    # q1 all wrong (p = 0): weight 0, so only q0's rows (p = 1/2, weight 1) are in the loss
     _check_same_update(
         models, "sdpo_hard_filter", HardFilterConfig(), SelfDistillSettings("sdpo_hard_filter"),
-        SelfDistillLossConfig("sdpo"),
+        SelfDistillLossConfig("sdpo"), rewards=[1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0],
     )  # fmt: skip
 
 
