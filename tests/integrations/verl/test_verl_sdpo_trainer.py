@@ -198,3 +198,26 @@ def test_trainer_step_writes_teacher_inputs_and_sc_weights_through_transfer_queu
     w = [float(t[0]) for t in written[FIELD_Q_WEIGHT].unbind()]
     assert w == pytest.approx([1.0717968] * 4 + [0.9282032] * 4, abs=1e-6)
     assert metrics["opdkit/q_weight_nonzero_fraction"] == 1.0
+
+
+def test_worker_checkpoints_save_and_restore_the_ema_teacher(engines, tmp_path) -> None:
+    from opdkit.integrations.verl.ema import ema_step_
+    from opdkit.integrations.verl.sdpo_worker import OpdkitSdpoWorker
+
+    saved_actor: list[str] = []
+    worker = OpdkitSdpoWorker.__new__(OpdkitSdpoWorker)  # no Ray actor: the methods run in-process
+    worker.role, worker._rank, worker._opdkit_mode = "actor_rollout_ref", 0, "ema"
+    worker.actor = SimpleNamespace(
+        save_checkpoint=lambda path, *a: saved_actor.append(path), load_checkpoint=lambda path, *a: None
+    )
+    worker.ref = SimpleNamespace(engine=engines.teacher)
+    folder = str(tmp_path / "global_step_2" / "actor")
+    worker.save_checkpoint(folder, None, 2)  # verl's trainer calls it with the actor's folder
+    assert saved_actor == [folder]
+    before = {n: p.full_tensor().clone() for n, p in engines.teacher.module.named_parameters()}
+    ema_step_(engines.teacher.module, engines.student.module, 0.5)  # the run goes on, then crashes
+    worker.load_checkpoint(folder)  # resume
+    for name, p in engines.teacher.module.named_parameters():
+        assert torch.equal(p.full_tensor(), before[name]), name
+    with pytest.raises(FileNotFoundError, match="EMA self-teacher was not saved"):
+        worker.load_checkpoint(str(tmp_path / "global_step_9" / "actor"))
