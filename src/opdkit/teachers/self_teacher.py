@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -260,10 +260,19 @@ class _Ema(_FrozenCopy):
 
     @torch.no_grad()
     def update(self, student: torch.nn.Module) -> None:
-        for p_t, p_s in zip(self.model.parameters(), student.parameters()):
-            p_t.lerp_(p_s.detach().to(p_t.dtype), self.rate)
+        ema_update_(self.model.parameters(), student.parameters(), self.rate)
         for b_t, b_s in zip(self.model.buffers(), student.buffers()):
             b_t.copy_(b_s)
+
+
+@torch.no_grad()
+def ema_update_(
+    teacher_params: Iterable[torch.Tensor], student_params: Iterable[torch.Tensor], rate: float
+) -> None:
+    """θ_T ← (1−η)·θ_T + η·θ_S in place, pairwise, in the teacher's dtype and device (§4.6); also used on
+    sharded parameters' local pieces (the verl plugin)."""
+    for p_t, p_s in zip(teacher_params, student_params, strict=True):
+        p_t.lerp_(p_s.detach().to(device=p_t.device, dtype=p_t.dtype), rate)
 
 
 class _Live:

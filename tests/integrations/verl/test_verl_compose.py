@@ -4,6 +4,8 @@ dataclasses the workers build, and name estimators, losses and trainers that ver
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 pytest.importorskip("verl")
@@ -39,6 +41,11 @@ VARIANTS = [
     ({"name": "scope"}, ()),
     ({"name": "scope", "agg": "joint", "sign_preset": "released_scripts", "use_seq_weights": False}, ()),
     ({"name": "grpo"}, ("optim.micro_batch_size=0",)),
+    ({"name": "sdpo"}, ()),
+    ({"name": "sc_sdpo", "sc_alpha": 1.0}, ("self_teacher.weights=base",)),
+    ({"name": "sdpo_hard_filter"}, ("self_teacher.weights=live",)),
+    ({"name": "sdpo_paced"}, ()),
+    ({"name": "srpo"}, ("self_teacher.include_environment_feedback=true",)),
 ]
 
 
@@ -51,7 +58,8 @@ def test_emitted_overrides_compose_and_validate(method: dict, dotted: tuple) -> 
     cfg = composed_config(tuple(command.overrides))
     assert cfg.data.train_files == "~/data/train.parquet"
     validate_config(config=cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
-    assert not need_reference_policy(cfg)  # no KL anywhere: no reference model is loaded
+    # no KL anywhere: no reference model is loaded, except as the SDPO family's self-teacher
+    assert need_reference_policy(cfg) == (cfg.trainer.v1.trainer_mode == "opdkit_sdpo")
     assert get_adv_estimator_fn(cfg.algorithm.adv_estimator) is not None
     assert get_trainer_cls(cfg.trainer.v1.trainer_mode) is not None
     params = parse_params(cfg.algorithm.get("opdkit"))
@@ -63,3 +71,36 @@ def test_emitted_overrides_compose_and_validate(method: dict, dotted: tuple) -> 
         assert (teacher.model_path, teacher.num_replicas) == ("/models/teacher", 1)  # 1 GPU, TP 1
     if cfg.trainer.v1.trainer_mode == "opdkit_sync":
         assert params.weighting != "none"
+    if cfg.trainer.v1.trainer_mode == "opdkit_sdpo":
+        _check_sdpo(cfg, method["name"])
+
+
+def _check_sdpo(cfg, name: str) -> None:
+    from opdkit.integrations.verl.sdpo_params import parse_sdpo_params, unsupported
+
+    assert unsupported(cfg) == []  # the trainer accepts it
+    assert parse_sdpo_params(cfg.algorithm.opdkit_sdpo).method == name
+    assert not cfg.distillation.enabled and cfg.data.return_raw_chat
+
+
+PRESETS = sorted(
+    (Path(__file__).resolve().parents[3] / "src" / "opdkit" / "configs" / "paper").rglob("*.yaml")
+)
+
+
+@pytest.mark.parametrize(
+    "preset",
+    PRESETS,
+    ids=lambda p: str(p.relative_to(p.parents[1] if p.parent.name != "paper" else p.parent)),
+)
+def test_every_paper_preset_composes_and_validates(preset: Path) -> None:
+    import yaml
+
+    raw = yaml.safe_load(preset.read_text())
+    dotted = ("data.train=/d/train.parquet", "data.eval=/d/val.parquet", "verl.teacher_path=/models/teacher")
+    cfg = composed_config(tuple(verl_command(raw, dotted).overrides))
+    validate_config(config=cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
+    assert get_trainer_cls(cfg.trainer.v1.trainer_mode) is not None
+    omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
+    if cfg.trainer.v1.trainer_mode == "opdkit_sdpo":
+        _check_sdpo(cfg, raw["method"]["name"])

@@ -125,7 +125,7 @@ def test_validation_is_off_without_a_parquet_eval_set() -> None:
     assert out["data.val_files"] == "/data/train.parquet"
     assert out["trainer.val_before_train"] == "false"
     assert out["trainer.test_freq"] == "-1"
-    assert out["data.apply_chat_template_kwargs"] == "{enable_thinking:false}"
+    assert out["+data.apply_chat_template_kwargs.enable_thinking"] == "false"  # composes (test_verl_compose)
 
 
 def test_packaged_paper_preset_maps_with_a_teacher_path() -> None:
@@ -159,7 +159,19 @@ def test_extra_overrides_come_last() -> None:
             r"unknown key 'verl\.gpus'; valid keys of verl: nnodes",
         ),
         ({**BASE, "method": {"name": "gpro"}}, (), r"unknown method 'gpro'"),
-        ({**BASE, "method": {"name": "sdpo"}}, (), r"privileged-context.*verl\.sc_weighting=pass_rate"),
+        ({**BASE, "method": {"name": "sdpo", "full_logit": False, "alpha": 1.0}}, (), r"method\.full_logit"),
+        (
+            {**BASE, "method": {"name": "sdpo"}},
+            ("self_teacher.weights=trust-region",),
+            r"valid: ema, base, live",
+        ),
+        (
+            {**BASE, "method": {"name": "sc_sdpo"}},
+            ("self_teacher.instruction=x",),
+            r"self_teacher\.instruction",
+        ),
+        ({**BASE, "method": {"name": "srpo", "entropy": "topk"}}, (), r"method\.entropy='topk'"),
+        ({**BASE, "method": {"name": "sdpo"}}, ("verl.sc_weighting=pass_rate",), r"use method\.name=sc_sdpo"),
         (
             {**BASE, "method": {"name": "scope"}},
             ("teacher.path=",),
@@ -250,3 +262,19 @@ def test_cli_prints_the_command_and_rejects_bad_configs(tmp_path: Path) -> None:
     result = runner.invoke(app, ["verl-config", str(good), "method.alpha=2"])
     assert result.exit_code == 2
     assert "method.alpha" in result.output
+
+
+@pytest.mark.parametrize("name", ["sdpo", "sc_sdpo", "sdpo_hard_filter", "sdpo_paced", "srpo"])
+def test_sdpo_family_maps_to_the_opdkit_sdpo_trainer(name: str) -> None:
+    out = _overrides(
+        {"name": name}, "self_teacher.weights=base", "self_teacher.include_environment_feedback=true"
+    )
+    assert out["trainer.v1.trainer_mode"] == "opdkit_sdpo"
+    assert out["+algorithm.opdkit_sdpo.method"] == name
+    assert out["+algorithm.opdkit_sdpo.teacher_mode"] == "base"
+    assert out["+algorithm.opdkit_sdpo.include_environment_feedback"] == "true"
+    assert (out["+algorithm.opdkit_sdpo.alpha"], out["+algorithm.opdkit_sdpo.top_k"]) == ("0.5", "100")
+    assert out["actor_rollout_ref.actor.use_kl_loss"] == "true"  # verl builds the ref model (the teacher)
+    assert "distillation.enabled" not in out  # no teacher pool: the actor pool's GPUs only
+    assert ("+algorithm.opdkit_sdpo.sc_alpha" in out) == (name == "sc_sdpo")
+    assert ("+algorithm.opdkit_sdpo.srpo_beta" in out) == (name == "srpo")

@@ -1,8 +1,9 @@
 """GPU end-to-end smoke test: a few verl training steps of a small model with opdkit's methods, launched
 exactly as ``opdkit verl-config`` prints it. Needs a CUDA GPU, vLLM (``pip install 'verl[vllm]==0.9.1'``)
 and a small local chat model (no hub access): set ``OPDKIT_VERL_SMOKE_MODEL=/path/to/Qwen2.5-0.5B-Instruct``.
-Skipped otherwise (the CPU CI machines have none of these). One GPU runs SC-weighted GRPO; two run ``scope``
-too (verl puts the teacher in its own GPU pool). See docs/verl.md for the commands.
+Skipped otherwise (the CPU CI machines have none of these): these run on users' GPU hosts, not in CI. One GPU
+runs SC-weighted GRPO and SC-SDPO (the ``opdkit_sdpo`` trainer: the self-teacher lives in the actor's
+workers); two run ``scope`` too (verl puts the teacher in its own GPU pool). Commands: docs/verl.md.
 """
 
 from __future__ import annotations
@@ -95,3 +96,11 @@ def test_scope_trains_two_steps_with_a_teacher_pool(tmp_path: Path) -> None:
     out = _run({"name": "scope"}, [], tmp_path, gpus=2)
     assert "step:2" in out
     assert "opdkit/scope_mle_scale" in out  # the opdkit_sync trainer's driver-side weights ran
+
+
+def test_sc_sdpo_trains_two_steps_on_one_gpu(tmp_path: Path) -> None:
+    """SC-SDPO on the opdkit_sdpo trainer: self-teacher = verl's ref model (EMA) in the actor's workers."""
+    out = _run({"name": "sc_sdpo"}, [], tmp_path, gpus=1)
+    assert "step:2" in out
+    assert "opdkit/q_weight_nonzero_fraction" in out  # the driver's SC weights over the whole step ran
+    assert "opdkit/sdpo_reprompt_fraction" in out  # teacher contexts were built

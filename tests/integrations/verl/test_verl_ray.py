@@ -68,7 +68,7 @@ def test_plugin_registers_inside_a_ray_worker(local_ray) -> None:
         "opdkit_sc_k3",
         "opdkit_scope",
     ]
-    assert found["trainer"] == ["opdkit_sync"]
+    assert found["trainer"] == ["opdkit_sdpo", "opdkit_sync"]
 
 
 def _put_step(tq, step, uids: list[str], rewards_N: torch.Tensor) -> list[str]:

@@ -13,10 +13,11 @@ pass-through overrides); it is removed before opdkit validates the rest.
     rollout.prompts_per_step, n, temperature, top_p, top_k, max_new_tokens -> data / rollout keys
     optim.* -> actor_rollout_ref.actor.optim.* and the PPO mini/micro batch sizes
     steps, seed, checkpoint_every, keep_checkpoints, eval.* -> trainer / data / val_kwargs keys
-    method.* -> config_methods.PLANS (estimators, distillation losses, the opdkit_sync trainer)
+    method.* -> config_methods.PLANS (estimators, distillation losses, the opdkit_sync trainer) and
+        config_sdpo (the SDPO family: the opdkit_sdpo trainer; self_teacher.* -> algorithm.opdkit_sdpo)
 
 Keys with no verl counterpart are left out: ``threads``, ``log_every``, ``model.dtype`` and ``device``
-(verl trains in bf16 mixed precision), ``data.task``, ``teacher`` server settings, ``self_teacher``,
+(verl trains in bf16 mixed precision), ``data.task``, ``teacher`` server settings,
 ``warmstart``, ``eval.max_new_tokens`` and ``eval.num_problems``, and opdkit's own memory switches
 (``rollout.kv_cache_tokens``, ``eval.batch_size``, ``optim.micro_batch_tokens``,
 ``model.activation_checkpointing``: verl has its own, passed through ``verl.*``). Settings verl cannot
@@ -36,9 +37,10 @@ from opdkit.integrations.verl.config_methods import (
     PLANS,
     SC_DIVERGENCES,
     SC_WEIGHTINGS,
-    UNSUPPORTED,
     ConfigError,
 )
+from opdkit.integrations.verl.config_sdpo import self_teacher_node  # also registers the SDPO plans
+from opdkit.integrations.verl.sdpo_params import CONFIG_NODE as SDPO_NODE
 
 __all__ = ["VERL_KEYS", "ConfigError", "VerlCommand", "format_value", "verl_command", "verl_overrides"]
 
@@ -120,14 +122,6 @@ def _load(raw: Mapping[str, Any], overrides: Sequence[str]) -> _Inputs:
     try:
         merged = apply_overrides(dict(raw), overrides)
         verl = _verl_section(merged.pop("verl", None))
-        name = (merged.get("method") or {}).get("name", "grpo")
-        if name in UNSUPPORTED:
-            raise ConfigError(
-                f"method.name {name!r} needs a privileged-context (reprompted) self-teacher, which verl "
-                "0.9.1 does not have (its teacher pool scores the student's own prompt); on verl use opd "
-                "with verl.sc_weighting=pass_rate (SC-weighted distillation from an external teacher), or "
-                f"run {name} with `opdkit train` (docs/verl.md)"
-            )
         return _Inputs(cfg=config_from_dict(merged), verl=verl)
     except TrainConfigError as exc:
         raise ConfigError(str(exc)) from None
@@ -155,8 +149,9 @@ def _data(cfg: Any) -> dict[str, Any]:
         "trainer.val_before_train": validate and cfg.eval.at_start,
         "trainer.test_freq": (cfg.eval.every or cfg.steps) if validate else -1,
     }
-    if cfg.model.chat_template_kwargs:
-        out["data.apply_chat_template_kwargs"] = dict(cfg.model.chat_template_kwargs)
+    for key, value in (cfg.model.chat_template_kwargs or {}).items():
+        # verl's node is an empty struct dict: each key is added with '+' (a whole dict would not merge)
+        out[f"+data.apply_chat_template_kwargs.{key}"] = value
     return out
 
 
@@ -259,6 +254,13 @@ def _teacher(cfg: Any, verl: dict[str, Any]) -> dict[str, Any]:
 _HYDRA_PLAIN = re.compile(r"[A-Za-z0-9_./:@+\-]+")
 
 
+def _ref_batching(merged: dict[str, Any]) -> dict[str, Any]:
+    """The ref model (the SDPO family's self-teacher) batches like the rollout's log-prob pass."""
+    keys = ("log_prob_micro_batch_size_per_gpu", "log_prob_use_dynamic_bsz", "log_prob_max_token_len_per_gpu")
+    rollout, ref = "actor_rollout_ref.rollout.", "actor_rollout_ref.ref."
+    return {f"{ref}{k}": merged[f"{rollout}{k}"] for k in keys if f"{rollout}{k}" in merged}
+
+
 def format_value(value: Any) -> str:
     """A Python value in Hydra override syntax: true/false, null, [a,b], {k:v}, numbers, quoted strings."""
     if isinstance(value, bool):
@@ -289,6 +291,9 @@ def verl_overrides(raw: Mapping[str, Any], overrides: Sequence[str] = ()) -> lis
         merged.update(part)
     if plan.needs_teacher:
         merged.update(_teacher(cfg, verl))
+    if plan.needs_self_teacher:
+        merged.update({f"+{SDPO_NODE}.{k}": v for k, v in self_teacher_node(cfg.self_teacher).items()})
+        merged.update(_ref_batching(merged))
     merged.update(plan.overrides)
     return [f"{key}={format_value(value)}" for key, value in merged.items()] + list(verl["extra"])
 

@@ -9,7 +9,7 @@ express raise ``ConfigError`` instead of being dropped silently.
     opd                 verl's distillation, k1 as a policy-gradient reward (§3.1); with verl.sc_weighting:
                         the SC-weighted losses opdkit_sc_k1 / opdkit_sc_k3 / opdkit_sc_forward_kl_topk (§6.2)
     scope               trainer opdkit_sync (weighting=scope) + loss opdkit_scope (§5); dual_path=false is OPD
-    sdpo family, srpo   refused: verl 0.9.1 has no privileged-context self-teacher (docs/verl.md)
+    sdpo family, srpo   trainer opdkit_sdpo with the self-teacher on the actor pool (config_sdpo.py)
 """
 
 from __future__ import annotations
@@ -28,16 +28,16 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class MethodPlan:
-    """A method's verl overrides and whether it runs verl's teacher pool."""
+    """A method's verl overrides, whether it runs verl's teacher pool, and whether it reads the config's
+    ``self_teacher`` section (the SDPO family)."""
 
     overrides: dict[str, Any]
     needs_teacher: bool = False
+    needs_self_teacher: bool = False
 
 
 PLANS: Registry[Callable[[Any, dict[str, Any]], MethodPlan]] = Registry("verl method")
 
-#: Methods verl 0.9.1 cannot run: they need a teacher conditioned on privileged context (§4.2-§4.4).
-UNSUPPORTED = ("sdpo", "sc_sdpo", "sdpo_paced", "sdpo_hard_filter", "srpo")
 SC_WEIGHTINGS = ("none", "pass_rate", "hard_filter")
 #: verl.sc_divergence -> (loss mode, used as a policy-gradient reward?). k1 as a reward is OPD (§3.1); k3 and
 #: verl's top-k forward KL are supervised losses (verl's recommendation for them).

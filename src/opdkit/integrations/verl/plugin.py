@@ -11,8 +11,9 @@ looks like "unknown estimator"; this shows what registered::
 Importing registers:
 - advantage estimators ``opdkit_grpo``, ``opdkit_sc_grpo`` (``estimators.py``);
 - distillation losses ``opdkit_scope``, ``opdkit_sc_k1/k2/k3``, ``opdkit_sc_forward_kl_topk`` (``losses.py``);
-- the trainer ``opdkit_sync`` (``trainer.py``), when verl's V1 trainer imports (it needs TransferQueue,
-  verl's ``verl-core`` extra); otherwise a warning says why and the rest still registers.
+- the trainers ``opdkit_sync`` (``trainer.py``) and ``opdkit_sdpo`` (``sdpo_trainer.py``: the SDPO family),
+  when verl's V1 trainer imports (it needs TransferQueue, verl's ``verl-core`` extra); otherwise a warning
+  says why and the rest still registers.
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ REGISTERED: dict[str, list[str]] = {
 }
 
 try:
-    from opdkit.integrations.verl import trainer  # noqa: F401  (registers opdkit_sync)
+    from opdkit.integrations.verl import sdpo_trainer, trainer  # noqa: F401  (register opdkit_sync, opdkit_sdpo)
 
-    REGISTERED["trainer"].append("opdkit_sync")
+    REGISTERED["trainer"].extend(["opdkit_sdpo", "opdkit_sync"])
 except ImportError as exc:  # no TransferQueue: the estimators and losses still work with verl's trainers
-    logger.warning("opdkit: trainer 'opdkit_sync' not registered (%s); install opdkit[verl]", exc)
+    logger.warning(
+        "opdkit: trainers 'opdkit_sync', 'opdkit_sdpo' not registered (%s); install opdkit[verl]", exc
+    )
 
 __all__ = ["REGISTERED", "estimators", "losses"]
