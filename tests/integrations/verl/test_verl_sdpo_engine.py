@@ -100,24 +100,27 @@ def _train_batch(tok, rows: list[dict], old_logp_N_T: torch.Tensor | None = None
 def _opdkit_train_update(models, method_name: str, cfg, rows: list[dict], *, paced=None, live: bool = False):
     """opdkit train's loss and student gradients (name -> tensor) for one update on these rows."""
     from opdkit.teachers.self_teacher import SelfTeacherOptions, make_teacher_weights
-    from opdkit.train.forward import old_logprobs
     from opdkit.train.methods import METHODS
+    from opdkit.train.student import FULL_LOGITS, choose_forward, old_logprobs
+    from opdkit.train.update import micro_batch_loss
 
     student = models.hf_student
     student.zero_grad(set_to_none=True)
     batch = _train_batch(models.tokenizer, rows)
-    old = old_logprobs(student, batch, 1.0, micro_batch=0, hidden=False)
+    old = old_logprobs(FULL_LOGITS, student, batch.sequences(), 1.0, micro_batch=0)
     batch = _train_batch(models.tokenizer, rows, old)
     options = SelfTeacherOptions(weights="live" if live else "base")
     ctx = SimpleNamespace(
-        student=student, tokenizer=models.tokenizer, temperature=1.0, hidden_states=True,
+        student=student, tokenizer=models.tokenizer, temperature=1.0,
+        forward=choose_forward(student, METHODS.get(method_name).hidden_state_loss(cfg)),
         self_teacher=make_teacher_weights(student if live else models.hf_teacher, options),
         self_teacher_options=options,
         chat_kwargs={}, teacher=None, paced_weights_D=paced,
     )  # fmt: skip
     method = METHODS.get(method_name)
     prepared = method.prepare(cfg, batch, ctx)
-    out = method.loss(cfg, batch, prepared, method.denominators(cfg, batch, prepared), ctx)
+    denoms = method.denominators(cfg, batch, prepared.rows)
+    out = micro_batch_loss(method, cfg, batch, prepared.rows, denoms, ctx)
     out.loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in student.named_parameters() if p.grad is not None}
     return float(out.loss.detach()), grads, old

@@ -85,7 +85,7 @@ def _opdkit_train_contexts(tokenizer, rows: list[dict]) -> list[list[int]]:
     )  # fmt: skip
     ctx = SimpleNamespace(tokenizer=tokenizer, self_teacher_options=OPTIONS, chat_kwargs={})
     prompts = teacher_prompt_rows(batch, ctx)
-    ids, mask = prompts.rows["teacher_prompt_ids"], prompts.rows["teacher_prompt_mask"].bool()
+    ids, mask = prompts.rows.ids_N_P, prompts.rows.mask_N_P.bool()
     return [p[m].tolist() + r for p, m, r in zip(ids, mask, responses)], prompts.sd_mask_N
 
 

@@ -1,7 +1,8 @@
 """Driver-side fields of the SDPO family: what the ``opdkit_sdpo`` trainer writes into the step batch.
 
 From the step's rollouts (``teacher_context.StepRollouts``) and teacher inputs (``TeacherInputs``), over the
-WHOLE step batch (never per micro-batch or per rank), with opdkit.core's functions:
+WHOLE step batch (never per micro-batch or per rank), with ``opdkit.core.composition``'s functions, the ones
+``opdkit train`` calls (the SDPO variants are registered from the trainer's own table, ``SDPO_VARIANTS``):
 
 - every method: the self-distillation mask per row (``FIELD_SD_MASK``; SRPO: its routing ``FIELD_SDPO_ROUTE``
   = failed with a correct sibling, ∧ has a teacher context);
@@ -25,9 +26,14 @@ from dataclasses import dataclass, field
 import torch
 
 from opdkit.core.advantages import grpo_advantages
-from opdkit.core.groups import group_index, group_mean
+from opdkit.core.composition import (
+    QuestionWeightInputs,
+    question_weights,
+    srpo_entropy_weights,
+    success_from_rewards,
+)
 from opdkit.core.registry import Registry
-from opdkit.core.weights import entropy_weights, hard_filter_weights, pass_rate_weights, srpo_routing
+from opdkit.core.weights import srpo_routing
 from opdkit.integrations.verl.params import FIELD_Q_WEIGHT
 from opdkit.integrations.verl.sdpo_loss import (
     FIELD_ADVANTAGE,
@@ -36,6 +42,7 @@ from opdkit.integrations.verl.sdpo_loss import (
     FIELD_SDPO_ROUTE,
 )
 from opdkit.integrations.verl.teacher_context import StepRollouts, TeacherInputs
+from opdkit.train.methods.sdpo import SDPO_VARIANTS
 
 PACED_KEY = "opdkit_paced_weight"  # extra_info key of a row's frozen PACED weight
 
@@ -82,16 +89,11 @@ SELF_DISTILL_FIELDS: Registry[FieldFn] = Registry("verl self-distillation method
 
 
 def _success_N(inputs: StepInputs, settings: SelfDistillSettings) -> torch.Tensor:
-    return inputs.rollouts.rewards_N >= settings.success_threshold
+    return success_from_rewards(inputs.rollouts.rewards_N, threshold=settings.success_threshold)
 
 
 def _group_ids_N(inputs: StepInputs) -> torch.Tensor:
     return torch.tensor(inputs.rollouts.texts.group_ids, dtype=torch.int64)
-
-
-def _pass_rates(inputs: StepInputs, settings: SelfDistillSettings) -> tuple[torch.Tensor, torch.Tensor]:
-    idx = group_index(_group_ids_N(inputs))
-    return group_mean(_success_N(inputs, settings).float(), idx), idx.inverse_N
 
 
 def _with_weight(inputs: StepInputs, weight_N: torch.Tensor | None) -> SelfDistillFields:
@@ -108,23 +110,29 @@ def sdpo_fields(inputs: StepInputs, settings: SelfDistillSettings) -> SelfDistil
     return _with_weight(inputs, None)
 
 
-@SELF_DISTILL_FIELDS.register("sc_sdpo")
-def sc_sdpo_fields(inputs: StepInputs, settings: SelfDistillSettings) -> SelfDistillFields:
-    p_Q, inverse_N = _pass_rates(inputs, settings)
-    return _with_weight(inputs, pass_rate_weights(p_Q, alpha=settings.sc_alpha)[inverse_N])
+def _question_weighted(weighting: str) -> FieldFn:
+    """The fields of an SDPO variant: the sd mask and ``core.composition``'s question weight ``weighting``
+    over the whole step (the same function and registry entry as ``opdkit train``'s variant)."""
+
+    def fields(inputs: StepInputs, settings: SelfDistillSettings) -> SelfDistillFields:
+        n = len(inputs.rollouts.rewards_N)
+        paced = inputs.paced_weight_N
+        if weighting == "paced" and paced is None:
+            raise KeyError(f"sdpo_paced needs each row's frozen weight in extra_info.{PACED_KEY}")
+        weight_inputs = QuestionWeightInputs(
+            success_N=_success_N(inputs, settings),
+            group_ids_N=_group_ids_N(inputs),
+            example_index_N=torch.arange(n),  # PACED's frozen weights arrive per row
+            offline_weights_D=paced,
+            alpha=settings.sc_alpha,
+        )
+        return _with_weight(inputs, question_weights(weighting, weight_inputs))
+
+    return fields
 
 
-@SELF_DISTILL_FIELDS.register("sdpo_hard_filter")
-def hard_filter_fields(inputs: StepInputs, settings: SelfDistillSettings) -> SelfDistillFields:
-    p_Q, inverse_N = _pass_rates(inputs, settings)
-    return _with_weight(inputs, hard_filter_weights(p_Q)[inverse_N])
-
-
-@SELF_DISTILL_FIELDS.register("sdpo_paced")
-def paced_fields(inputs: StepInputs, settings: SelfDistillSettings) -> SelfDistillFields:
-    if inputs.paced_weight_N is None:
-        raise KeyError(f"sdpo_paced needs each row's frozen weight in extra_info.{PACED_KEY}")
-    return _with_weight(inputs, inputs.paced_weight_N)
+for _variant in SDPO_VARIANTS:  # sc_sdpo, sdpo_hard_filter, sdpo_paced: the trainer's own table
+    SELF_DISTILL_FIELDS.add(_variant.name, _question_weighted(_variant.weighting))
 
 
 @SELF_DISTILL_FIELDS.register("srpo")
@@ -132,15 +140,16 @@ def srpo_fields(inputs: StepInputs, settings: SelfDistillSettings) -> SelfDistil
     if inputs.teacher_entropy_N_T is None:
         raise ValueError("srpo needs the self-teacher's entropy on its context (the ref worker's pass)")
     success_N, group_ids_N = _success_N(inputs, settings), _group_ids_N(inputs)
-    sdpo_N = srpo_routing(success_N, group_ids_N).sdpo_N & inputs.teacher.sd_mask_N
+    sdpo_N = srpo_routing(success_N, group_ids_N, context_N=inputs.teacher.sd_mask_N).sdpo_N
     adv_N = grpo_advantages(
         inputs.rollouts.rewards_N,
         group_ids_N,
         normalize_std=settings.srpo_normalize_std,
         eps=settings.srpo_eps,
     )
-    token_mask = inputs.mask_N_T.bool() & sdpo_N.unsqueeze(-1)
-    weight_N_T = entropy_weights(inputs.teacher_entropy_N_T, token_mask, beta=settings.srpo_beta)
+    weight_N_T = srpo_entropy_weights(
+        inputs.teacher_entropy_N_T, inputs.mask_N_T, sdpo_N, beta=settings.srpo_beta
+    )
     return SelfDistillFields(
         rows_N={FIELD_SDPO_ROUTE: sdpo_N.float(), FIELD_ADVANTAGE: adv_N.float()},
         tokens_N_T={FIELD_ENTROPY_WEIGHT: weight_N_T},
