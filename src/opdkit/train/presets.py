@@ -151,7 +151,8 @@ def _sc_sdpo_config(model: str, task: str, method: str) -> dict[str, Any]:
 def _sc_sdpo_notes(task: str, method: str) -> tuple[str, ...]:
     notes = [
         "Setting: 200 steps, 32 questions × 8 rollouts at T = 1.0, AdamW (wd 0.01, warm-up 10, clip 1.0), "
-        "evaluation 16 samples at T = 0.6, top-p 0.95. Needs a GPU ('opdkit verl-config' where supported).",
+        "evaluation 16 samples at T = 0.6, top-p 0.95. An 8B student needs more than one GPU ('opdkit plan' "
+        "estimates it; 'opdkit verl-config' prints the multi-GPU launch).",
         "maj@16 as verl logs it is a bootstrap (eval's bootstrap_maj@16; opdkit also reports the exact "
         "maj@16); which step the paper's numbers come from (last or best) is not stated.",
     ]
