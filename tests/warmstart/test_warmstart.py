@@ -99,3 +99,26 @@ def test_a_student_that_never_reaches_the_target_is_an_error_and_leaves_nothing(
     with pytest.raises(RuntimeError, match=r"never reached pass rate 1\.01 in 10 steps"):
         warm_start(hopeless)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_curriculum_mixes_easier_plain_questions_into_its_first_steps_only():
+    import re
+
+    import opdkit.warmstart.run as run
+    from opdkit.warmstart import CurriculumConfig
+
+    two_digit = dataclasses.replace(SMALL, task=TaskSpec(task="addition", difficulty=2, instruction=False))
+    job = _with(two_digit, curriculum=CurriculumConfig(difficulty=1, share=0.25, steps=2))
+    setup = run._build(job)
+    tok = setup.tokenizer
+    for example in setup.pools["curriculum"]:
+        a, b = map(int, re.search(r"What is (\d+)\+(\d+)\?", tok.decode(example.prompt_ids)).groups())
+        assert a < 10 and b < 10 and tok.decode(example.target_ids[:-1]) == f"\\boxed{{{a + b}}}"
+    assert all(len(re.findall(r"\d+", tok.decode(e.prompt_ids))[0]) == 2 for e in setup.pools["plain"])
+    trainer = run._Trainer(build_tiny_model(job.config.model, tok, seed=0), setup, job)
+    mix = job.config.mix  # plain 0.5, demo 0.3, feedback 0.2 -> each scaled by 1 - 0.25 beside 0.25 easy
+    expected = {"curriculum": 0.25, "plain": 0.375, "demo": 0.225, "feedback": 0.15}
+    assert trainer._weights(mix) == pytest.approx(expected)
+    trainer.train_step(mix)
+    trainer.train_step(mix)
+    assert trainer._weights(mix) == mix.weights()  # after curriculum.steps the job's own mix alone

@@ -14,6 +14,7 @@ from opdkit.warmstart.cache import WarmStartResult, remove_stale_temporaries, wa
 from opdkit.warmstart.config import (
     DEFAULT_CACHE_DIR,
     WARMSTART_VERSION,
+    CurriculumConfig,
     FormatMix,
     OptimConfig,
     ProbeConfig,
@@ -25,7 +26,7 @@ from opdkit.warmstart.config import (
 )
 
 __all__ = [
-    "DEFAULT_CACHE_DIR", "WARMSTART_VERSION", "FormatMix", "OptimConfig", "ProbeConfig", "WarmStartConfig",
-    "WarmStartJob", "WarmStartProblems", "WarmStartReport", "WarmStartResult", "remove_stale_temporaries",
-    "warm_start", "warm_start_problems",
+    "DEFAULT_CACHE_DIR", "WARMSTART_VERSION", "CurriculumConfig", "FormatMix", "OptimConfig", "ProbeConfig",
+    "WarmStartConfig", "WarmStartJob", "WarmStartProblems", "WarmStartReport", "WarmStartResult",
+    "remove_stale_temporaries", "warm_start", "warm_start_problems",
 ]  # fmt: skip

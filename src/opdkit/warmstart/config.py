@@ -50,6 +50,17 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class CurriculumConfig:
+    """Easier problems of the same task first: for the first ``steps`` steps, ``share`` of every batch is
+    plain questions at ``difficulty`` (1-digit sums before 2-digit ones); ``steps`` 0 = off. Probes and the
+    report always use the job's own task."""
+
+    difficulty: int = 1
+    share: float = 0.0
+    steps: int = 0
+
+
+@dataclass(frozen=True)
 class ProbeConfig:
     """How pass rates are measured: ``samples`` sampled answers for each of ``problems`` held-out problems."""
 
@@ -75,6 +86,7 @@ class WarmStartConfig:
         lambda: FormatMix(plain=1.0, demo=0.0), "prompt formats after the student checkpoint"
     )
     optim: OptimConfig = section(OptimConfig, "supervised optimizer")
+    curriculum: CurriculumConfig = section(CurriculumConfig, "easier problems of the task at the start")
     probe: ProbeConfig = section(ProbeConfig, "pass-rate probes that pick the checkpoints")
     report: ProbeConfig = section(
         lambda: ProbeConfig(problems=128, samples=4), "pass rates reported at the end (held-out)"

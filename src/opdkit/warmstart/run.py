@@ -6,6 +6,7 @@ student phase, train the teacher phase, measure the report.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -20,7 +21,7 @@ import opdkit.rewards.synthetic  # noqa: F401  (registers the synthetic verifier
 from opdkit.models import build_char_tokenizer, build_tiny_model, save_pretrained_atomic
 from opdkit.rewards.base import VERIFIERS, Verifier, safe_verdict
 from opdkit.rollout import SamplingParams, encode_chats, sample
-from opdkit.tasks import STYLES, Problem
+from opdkit.tasks import STYLES, Problem, generate_problems, prompt_messages
 from opdkit.teachers.reprompt import reprompt_user_text
 from opdkit.warmstart.config import FormatMix, ProbeConfig, WarmStartJob, WarmStartReport, warm_start_problems
 from opdkit.warmstart.prompts import PROMPT_FORMATS, PromptContext
@@ -55,7 +56,24 @@ def _build(job: WarmStartJob) -> _Setup:
     for name in sorted(formats):
         prompts = encode_chats(tok, [PROMPT_FORMATS.get(name)(ctx, p) for p in problems.train])
         pools[name] = [SftExample(tuple(p), t) for p, t in zip(prompts, targets)]
+    if config.curriculum.steps and config.curriculum.share:
+        pools[_EASY] = _easy_pool(job, tok)
     return _Setup(tok, verifier, pools, problems.probe, problems.report)
+
+
+_EASY = "curriculum"  # the pool of the curriculum's easier plain questions
+
+
+def _easy_pool(job: WarmStartJob, tok: Any) -> list[SftExample]:
+    """Plain questions of ``job.task`` at the curriculum's difficulty, one per training problem."""
+    spec = dataclasses.replace(job.task, difficulty=job.config.curriculum.difficulty)
+    problems = generate_problems(spec, job.train_problems, job.config.seed + 3)
+    style = STYLES.get(spec.style)
+    prompts = encode_chats(tok, [prompt_messages(spec, p) for p in problems])
+    targets = [
+        (*tok(style.reference(p), add_special_tokens=False)["input_ids"], tok.eos_token_id) for p in problems
+    ]
+    return [SftExample(tuple(p), t) for p, t in zip(prompts, targets)]
 
 
 def _split_batch(batch_size: int, weights: dict[str, float]) -> dict[str, int]:
@@ -104,7 +122,7 @@ class _Trainer:
         start = time.perf_counter()
         pad = self.setup.tokenizer.pad_token_id
         micro = []
-        for name, count in _split_batch(self.config.optim.batch_size, mix.weights()).items():
+        for name, count in _split_batch(self.config.optim.batch_size, self._weights(mix)).items():
             pool = self.setup.pools[name]
             if count:
                 micro.append(collate([pool[self.rng.randrange(len(pool))] for _ in range(count)], pad))
@@ -113,6 +131,13 @@ class _Trainer:
         self.step += 1
         self.train_seconds += time.perf_counter() - start
         return loss
+
+    def _weights(self, mix: FormatMix) -> dict[str, float]:
+        """The mix's shares, with the curriculum's share of easier questions during its first steps."""
+        easy = self.config.curriculum
+        if _EASY not in self.setup.pools or self.step >= easy.steps:
+            return mix.weights()
+        return {_EASY: easy.share} | {k: (1 - easy.share) * w for k, w in mix.weights().items()}
 
     def probe(self, phase: str) -> float:
         problems = self.setup.probe_set
