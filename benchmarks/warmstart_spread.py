@@ -72,7 +72,9 @@ def run_cell(seed: int, perturb: bool, sets: list[str]) -> dict:
         run.build_tiny_model = perturbed(run.build_tiny_model, seed)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as cache:
-        report = warm_start(WarmStartJob(config=dataclasses.replace(config, cache_dir=cache))).report
+        job = WarmStartJob(config=dataclasses.replace(config, cache_dir=cache))
+        tag = f"[seed {seed} threads {torch.get_num_threads()} perturb {'on' if perturb else 'off'}]"
+        report = warm_start(job, log=lambda line: print(tag, line, file=sys.stderr, flush=True)).report
     probes = report.probes
     in_band = next((p["step"] for p in probes if p["pass_rate"] >= STUDENT_BAND[0]), None)
     return {
@@ -87,7 +89,8 @@ def run_cell(seed: int, perturb: bool, sets: list[str]) -> dict:
 def spread(values: list[float]) -> str:
     """'min / median / max, spread (max - min) / median' of ``values``."""
     mid = statistics.median(values)
-    return f"{min(values):g} / {mid:g} / {max(values):g}, spread {(max(values) - min(values)) / mid:.0%}"
+    relative = f"{(max(values) - min(values)) / mid:.0%}" if mid else "n/a (median 0)"
+    return f"{min(values):g} / {mid:g} / {max(values):g}, spread {relative}"
 
 
 def _run_cell(seed: int, threads: int, perturb: str, sets: list[str]) -> dict | None:
@@ -95,9 +98,9 @@ def _run_cell(seed: int, threads: int, perturb: str, sets: list[str]) -> dict | 
     env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
                         "OMP_WAIT_POLICY": "PASSIVE"}  # fmt: skip
     cmd = [sys.executable, str(Path(__file__)), "--cell", str(seed), perturb, "--set", *sets]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    out = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, check=False)  # progress: stderr
     if out.returncode:
-        print(f"seed {seed} threads {threads} perturb {perturb} failed:\n{out.stderr[-2000:]}", flush=True)
+        print(f"seed {seed} threads {threads} perturb {perturb} failed (its stderr is above)", flush=True)
         return None
     row = json.loads(out.stdout.strip().splitlines()[-1])
     print(json.dumps(row), flush=True)
