@@ -1,6 +1,6 @@
 """Measure the warm start: time, the student's and teacher's pass rates, and the self-teacher's context gain.
 
-Runs ``opdkit.train.warmstart.warm_start`` from scratch (a fresh temporary cache) for each seed and prints one
+Runs ``opdkit.warmstart.warm_start`` from scratch (a fresh temporary cache) for each seed and prints one
 JSON line per seed plus a summary. Wall time depends on what else runs on the machine; CPU time of this
 process is printed beside it (on an otherwise idle core the two agree).
 
@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from opdkit.train.warmstart import WarmStartConfig, warm_start
+from opdkit.warmstart import WarmStartConfig, WarmStartJob, warm_start
 
 
 def override(config: object, dotted: str, value: str) -> object:
@@ -44,7 +44,8 @@ def main() -> None:
             config = override(config, key, value)
         wall, cpu = time.perf_counter(), time.process_time()
         with tempfile.TemporaryDirectory() as cache:
-            result = warm_start(config, cache_dir=cache, log=None if args.quiet else print)
+            job = WarmStartJob(config=dataclasses.replace(config, cache_dir=cache))
+            result = warm_start(job, log=None if args.quiet else print)
         report = dataclasses.asdict(result.report)
         report.pop("probes")
         row = {

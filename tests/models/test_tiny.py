@@ -42,6 +42,14 @@ def test_seeded_init_is_reproducible_and_leaves_global_rng_alone(tok):
     assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))
 
 
+def test_initializer_range_is_the_std_of_the_initial_weights(tok):
+    for std in (0.02, 0.1):
+        model = build_tiny_model(TinyModelConfig(initializer_range=std), tok, seed=0)
+        q_proj = model.model.layers[0].self_attn.q_proj.weight.detach()  # 128 x 128 = 16384 N(0, std^2) draws
+        # the sample std of 16384 normal draws is within 1 % of std with overwhelming probability (se 0.55 %)
+        assert float(q_proj.std()) == pytest.approx(std, rel=0.03)
+
+
 def test_bad_configs_are_refused(tok):
     with pytest.raises(UnknownNameError, match="llama, qwen2"):
         build_tiny_model(TinyModelConfig(family="gpt9"), tok)

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-import opdkit.train.warmstart_run as warmstart_run
-from opdkit.train.warmstart import WarmStartConfig, remove_stale_temporaries, warm_start
+import opdkit.warmstart.run as warmstart_run
+from opdkit.warmstart import WarmStartConfig, WarmStartJob, remove_stale_temporaries, warm_start
 
 
 def _dead_pid() -> int:
@@ -31,15 +31,16 @@ def test_temporaries_of_dead_processes_are_removed_and_live_ones_kept(tmp_path):
 
 
 def test_a_failed_warm_start_removes_its_temporary_and_the_next_one_cleans_the_killed(tmp_path, monkeypatch):
-    killed = tmp_path / f".{WarmStartConfig().cache_key()}.tmp-{_dead_pid()}-abcd"
+    job = WarmStartJob(config=WarmStartConfig(cache_dir=str(tmp_path)))
+    killed = tmp_path / f".{job.cache_key()}.tmp-{_dead_pid()}-abcd"
     (killed / "student").mkdir(parents=True)
 
-    def interrupted(config, out, log):
+    def interrupted(job, out, log):
         (out / "student").mkdir()
         assert str(os.getpid()) in out.name  # the temporary carries its writer's process id
         raise KeyboardInterrupt  # Ctrl-C in the middle of the supervised training
 
     monkeypatch.setattr(warmstart_run, "run_warm_start", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        warm_start(WarmStartConfig(), cache_dir=tmp_path)
+        warm_start(job)
     assert list(tmp_path.iterdir()) == []  # the killed run's folder and its own are both gone

@@ -33,6 +33,7 @@ class TinyModelConfig:
     hidden_size, num_layers, num_heads, intermediate_size: the usual sizes; num_kv_heads None = num_heads.
     max_position_embeddings: longest prompt + response the model accepts (SDPO teacher prompts included).
     tie_word_embeddings: share the input embedding and the output projection (fewer parameters).
+    initializer_range: standard deviation of the initial weights (transformers' default 0.02).
     """
 
     family: str = "llama"
@@ -43,6 +44,7 @@ class TinyModelConfig:
     intermediate_size: int = 512
     max_position_embeddings: int = 512
     tie_word_embeddings: bool = True
+    initializer_range: float = 0.02
 
 
 def _common_kwargs(cfg: TinyModelConfig, tokenizer: Any) -> dict[str, Any]:
@@ -57,6 +59,7 @@ def _common_kwargs(cfg: TinyModelConfig, tokenizer: Any) -> dict[str, Any]:
         "intermediate_size": cfg.intermediate_size,
         "max_position_embeddings": cfg.max_position_embeddings,
         "tie_word_embeddings": cfg.tie_word_embeddings,
+        "initializer_range": cfg.initializer_range,
         "pad_token_id": tokenizer.pad_token_id,
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": tokenizer.eos_token_id,

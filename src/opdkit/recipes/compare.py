@@ -231,15 +231,15 @@ def _warm_start_once(cfgs: Sequence[Any], log: Callable[[str], None]) -> None:
     """Warm-start (or find cached) the tiny models of every arm here, so the workers only read the cache."""
     import torch
 
-    from opdkit.train.setup import warmstart_config
-    from opdkit.train.warmstart import warm_start
+    from opdkit.train.setup import warmstart_job
+    from opdkit.warmstart import warm_start
 
     torch.set_num_threads(1)
     done = set()
     for cfg in cfgs:
-        ws = warmstart_config(cfg)
+        ws = warmstart_job(cfg)
         if cfg.model.student == "tiny" and (cfg.warmstart.cache_dir, ws.cache_key()) not in done:
-            result = warm_start(ws, cache_dir=cfg.warmstart.cache_dir, log=log)
+            result = warm_start(ws, log=log)
             log(f"warm start {'cached' if result.cached else 'done'}: {result.path}")
             done.add((cfg.warmstart.cache_dir, ws.cache_key()))
 

@@ -19,14 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from opdkit.models import TinyModelConfig
 from opdkit.tasks import TaskSpec
-from opdkit.teachers.reprompt import RepromptTemplate
 from opdkit.teachers.self_teacher import SelfTeacherOptions
 from opdkit.train.configio import ConfigError, apply_overrides, doc, from_dict, load_yaml, section
 from opdkit.train.methods import METHODS, MethodConfig
-from opdkit.train.warmstart import FormatMix, ProbeConfig, WarmStartConfig
-from opdkit.train.warmstart import OptimConfig as SftOptimConfig
+from opdkit.warmstart import WarmStartConfig
 
 
 def _device_problem(name: str) -> str | None:
@@ -212,45 +209,6 @@ class EvalConfig:
     )
 
 
-_WS = WarmStartConfig()
-
-
-@dataclass(frozen=True)
-class WarmStartSection:
-    """How ``model.student: tiny`` is made (``opdkit.train.warmstart``): supervised training of a strong
-    teacher and a 20-50 % student on ``data.task``, with SDPO reprompt formats written with the
-    ``self_teacher`` templates, cached by a hash of everything here."""
-
-    cache_dir: str = doc(".cache/opdkit/warmstart", "where warm-started models are cached by config hash")
-    seed: int = doc(
-        0, "seed of the warm start (independent of the run's seed, so runs share the models)", ge=0
-    )
-    model: TinyModelConfig = section(lambda: _WS.model, "architecture of the tiny teacher and student")
-    mix: FormatMix = section(lambda: _WS.mix, "prompt formats while training the student")
-    teacher_mix: FormatMix = section(lambda: _WS.teacher_mix, "prompt formats after the student checkpoint")
-    optim: SftOptimConfig = section(lambda: _WS.optim, "supervised optimizer")
-    probe: ProbeConfig = section(lambda: _WS.probe, "pass-rate probes that pick the checkpoints")
-    report: ProbeConfig = section(lambda: _WS.report, "pass rates reported at the end (held-out)")
-    student_target: float = doc(
-        _WS.student_target, "the student is the probed checkpoint nearest this pass rate", ge=0, le=1
-    )
-    teacher_target: float = doc(
-        _WS.teacher_target, "train the teacher until its pass rate reaches this", ge=0, le=1
-    )
-    eval_every: int = doc(_WS.eval_every, "probe every N supervised steps", ge=1)
-    max_steps: int = doc(_WS.max_steps, "supervised step limit", ge=1)
-    feedback_detailed: bool = doc(_WS.feedback_detailed, "detailed verifier feedback in feedback prompts")
-
-    def to_config(self, task: TaskConfig, template: RepromptTemplate) -> WarmStartConfig:
-        """The warm start of ``task`` whose reprompt formats use ``template`` (the run's self-teacher's)."""
-        return WarmStartConfig(
-            task=task.spec(), model=self.model, template=template, mix=self.mix, teacher_mix=self.teacher_mix,
-            optim=self.optim, probe=self.probe, report=self.report, student_target=self.student_target,
-            teacher_target=self.teacher_target, eval_every=self.eval_every, max_steps=self.max_steps,
-            train_problems=task.train_size, feedback_detailed=self.feedback_detailed, seed=self.seed,
-        )  # fmt: skip
-
-
 def _method_config_type(raw: Mapping) -> type:
     name = raw.get("name", "grpo")
     if not isinstance(name, str):
@@ -280,7 +238,7 @@ class TrainConfig:
     teacher: TeacherConfig = section(TeacherConfig, "external teacher (opd, scope)")
     self_teacher: SelfTeacherOptions = section(SelfTeacherOptions, "self-teacher (SDPO family, SRPO)")
     eval: EvalConfig = section(EvalConfig, "periodic evaluation on held-out problems")
-    warmstart: WarmStartSection = section(WarmStartSection, "warm start of model.student=tiny")
+    warmstart: WarmStartConfig = section(WarmStartConfig, "warm start of model.student=tiny")
     verl: Mapping[str, Any] | None = doc(
         None, "cluster settings read by 'opdkit verl-config' (see docs/verl.md); ignored by 'opdkit train'"
     )

@@ -55,9 +55,9 @@ def load_models(cfg: TrainConfig, device: torch.device) -> Models:
 
     student_path, teacher_path = cfg.model.student, None
     if student_path == "tiny":
-        from opdkit.train.warmstart import warm_start
+        from opdkit.warmstart import warm_start
 
-        pair = warm_start(warmstart_config(cfg), cache_dir=cfg.warmstart.cache_dir, log=print)
+        pair = warm_start(warmstart_job(cfg), log=print)
         student_path, teacher_path = str(pair.student_path), str(pair.teacher_path)
     # float32 master weights whatever model.dtype is: it is the compute dtype of autocast (train.precision)
     model = AutoModelForCausalLM.from_pretrained(student_path, dtype=torch.float32).to(device)
@@ -71,9 +71,13 @@ def load_models(cfg: TrainConfig, device: torch.device) -> Models:
     return Models(model, tokenizer, student_path, teacher_path, cfg.model.dtype)
 
 
-def warmstart_config(cfg: TrainConfig) -> Any:
-    """The warm start of ``model.student: tiny``: the run's task, its self-teacher's reprompt template."""
-    return cfg.warmstart.to_config(cfg.data.task, cfg.self_teacher.template())
+def warmstart_job(cfg: TrainConfig) -> Any:
+    """The warm start of ``model.student: tiny``: ``cfg.warmstart`` on the run's task and training pool size,
+    with its self-teacher's reprompt template."""
+    from opdkit.warmstart import WarmStartJob
+
+    task = cfg.data.task
+    return WarmStartJob(task.spec(), cfg.self_teacher.template(), task.train_size, cfg.warmstart)
 
 
 def task_source(cfg: TrainConfig) -> TaskSource:
@@ -87,9 +91,9 @@ def _task_split(cfg: TrainConfig, split: str) -> list[Example]:
     (its training pool to train on, its report set to evaluate on), so no evaluation question was seen."""
     if cfg.model.student != "tiny":
         return resolve_examples("task", split, task_source(cfg))
-    from opdkit.train.warmstart import warm_start_problems
+    from opdkit.warmstart import warm_start_problems
 
-    problems = warm_start_problems(warmstart_config(cfg))
+    problems = warm_start_problems(warmstart_job(cfg))
     chosen = problems.train if split == "train" else problems.report
     return task_examples_from_problems(cfg.data.task.spec(), chosen, split)
 

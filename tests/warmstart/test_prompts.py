@@ -4,7 +4,7 @@ import opdkit.rewards.synthetic  # noqa: F401  (registers the synthetic verifier
 from opdkit.rewards.base import VERIFIERS
 from opdkit.tasks import TaskSpec, generate_problems, prompt_messages
 from opdkit.teachers.reprompt import RepromptTemplate
-from opdkit.train.prompts import COMPACT_TEMPLATE, PROMPT_FORMATS, PromptContext
+from opdkit.warmstart.prompts import COMPACT_TEMPLATE, PROMPT_FORMATS, PromptContext
 
 SPEC = TaskSpec(task="addition", difficulty=2, instruction=False)
 

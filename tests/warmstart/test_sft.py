@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from opdkit.models import TinyModelConfig, build_char_tokenizer, build_tiny_model
-from opdkit.train.sft import SftExample, collate, sft_step, summed_loss
+from opdkit.warmstart.sft import SftExample, collate, sft_step, summed_loss
 
 TINY = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
 

@@ -1,4 +1,4 @@
-"""The warm start's training run (called by ``warmstart.warm_start``, which handles caching).
+"""The warm start's training run (called by ``cache.warm_start``, which handles caching).
 
 Kept apart from the config and cache code so each file reads top to bottom: build the data pools, train the
 student phase, train the teacher phase, measure the report.
@@ -6,6 +6,7 @@ student phase, train the teacher phase, measure the report.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -20,17 +21,11 @@ import opdkit.rewards.synthetic  # noqa: F401  (registers the synthetic verifier
 from opdkit.models import build_char_tokenizer, build_tiny_model, save_pretrained_atomic
 from opdkit.rewards.base import VERIFIERS, Verifier, safe_verdict
 from opdkit.rollout import SamplingParams, encode_chats, sample
-from opdkit.tasks import STYLES, Problem
+from opdkit.tasks import STYLES, Problem, generate_problems, prompt_messages
 from opdkit.teachers.reprompt import reprompt_user_text
-from opdkit.train.prompts import PROMPT_FORMATS, PromptContext
-from opdkit.train.sft import SftExample, collate, sft_step
-from opdkit.train.warmstart import (
-    FormatMix,
-    ProbeConfig,
-    WarmStartConfig,
-    WarmStartReport,
-    warm_start_problems,
-)
+from opdkit.warmstart.config import FormatMix, ProbeConfig, WarmStartJob, WarmStartReport, warm_start_problems
+from opdkit.warmstart.prompts import PROMPT_FORMATS, PromptContext
+from opdkit.warmstart.sft import SftExample, collate, sft_step
 
 _PROBE_SEED_SALT = 7919  # probes sample with seed + salt + step, apart from any training draw
 
@@ -44,14 +39,15 @@ class _Setup:
     report_set: list[Problem]
 
 
-def _build(config: WarmStartConfig) -> _Setup:
+def _build(job: WarmStartJob) -> _Setup:
+    config = job.config
     tok = build_char_tokenizer()
-    verifier = VERIFIERS.get(config.task.verifier)(detailed=config.feedback_detailed)
-    problems = warm_start_problems(config)
+    verifier = VERIFIERS.get(job.task.verifier)(detailed=config.feedback_detailed)
+    problems = warm_start_problems(job)
     formats = {k for mix in (config.mix, config.teacher_mix) for k in mix.weights()}
     rng = random.Random(config.seed)
-    ctx = PromptContext(config.task, config.template, verifier, rng)
-    style = STYLES.get(config.task.style)
+    ctx = PromptContext(job.task, job.template, verifier, rng)
+    style = STYLES.get(job.task.style)
     targets = [
         (*tok(style.reference(p), add_special_tokens=False)["input_ids"], tok.eos_token_id)
         for p in problems.train
@@ -60,7 +56,24 @@ def _build(config: WarmStartConfig) -> _Setup:
     for name in sorted(formats):
         prompts = encode_chats(tok, [PROMPT_FORMATS.get(name)(ctx, p) for p in problems.train])
         pools[name] = [SftExample(tuple(p), t) for p, t in zip(prompts, targets)]
+    if config.curriculum.steps and config.curriculum.share:
+        pools[_EASY] = _easy_pool(job, tok)
     return _Setup(tok, verifier, pools, problems.probe, problems.report)
+
+
+_EASY = "curriculum"  # the pool of the curriculum's easier plain questions
+
+
+def _easy_pool(job: WarmStartJob, tok: Any) -> list[SftExample]:
+    """Plain questions of ``job.task`` at the curriculum's difficulty, one per training problem."""
+    spec = dataclasses.replace(job.task, difficulty=job.config.curriculum.difficulty)
+    problems = generate_problems(spec, job.train_problems, job.config.seed + 3)
+    style = STYLES.get(spec.style)
+    prompts = encode_chats(tok, [prompt_messages(spec, p) for p in problems])
+    targets = [
+        (*tok(style.reference(p), add_special_tokens=False)["input_ids"], tok.eos_token_id) for p in problems
+    ]
+    return [SftExample(tuple(p), t) for p, t in zip(prompts, targets)]
 
 
 def _split_batch(batch_size: int, weights: dict[str, float]) -> dict[str, int]:
@@ -91,9 +104,10 @@ def pass_rate(
 class _Trainer:
     """The model, its optimizer and the data stream of one warm-start run."""
 
-    def __init__(self, model: Any, setup: _Setup, config: WarmStartConfig) -> None:
+    def __init__(self, model: Any, setup: _Setup, job: WarmStartJob) -> None:
+        config = job.config
         opt = config.optim
-        self.model, self.setup, self.config = model, setup, config
+        self.model, self.setup, self.job, self.config = model, setup, job, config
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
         warmup = max(1, opt.warmup_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -108,7 +122,7 @@ class _Trainer:
         start = time.perf_counter()
         pad = self.setup.tokenizer.pad_token_id
         micro = []
-        for name, count in _split_batch(self.config.optim.batch_size, mix.weights()).items():
+        for name, count in _split_batch(self.config.optim.batch_size, self._weights(mix)).items():
             pool = self.setup.pools[name]
             if count:
                 micro.append(collate([pool[self.rng.randrange(len(pool))] for _ in range(count)], pad))
@@ -118,11 +132,18 @@ class _Trainer:
         self.train_seconds += time.perf_counter() - start
         return loss
 
+    def _weights(self, mix: FormatMix) -> dict[str, float]:
+        """The mix's shares, with the curriculum's share of easier questions during its first steps."""
+        easy = self.config.curriculum
+        if _EASY not in self.setup.pools or self.step >= easy.steps:
+            return mix.weights()
+        return {_EASY: easy.share} | {k: (1 - easy.share) * w for k, w in mix.weights().items()}
+
     def probe(self, phase: str) -> float:
         problems = self.setup.probe_set
         rate, _ = pass_rate(
-            self.model, self.setup, _conversations(self.config, self.setup, problems, "plain"),
-            _golds(self.config, problems), self.config.probe, self.config.seed + _PROBE_SEED_SALT + self.step,
+            self.model, self.setup, _conversations(self.job, self.setup, problems, "plain"),
+            _golds(self.job, problems), self.config.probe, self.config.seed + _PROBE_SEED_SALT + self.step,
         )  # fmt: skip
         self.probes.append({"step": self.step, "pass_rate": rate, "phase": phase})
         return rate
@@ -131,13 +152,13 @@ class _Trainer:
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
 
-def _conversations(config: WarmStartConfig, setup: _Setup, problems: Sequence[Problem], fmt: str) -> list:
-    ctx = PromptContext(config.task, config.template, setup.verifier, random.Random(config.seed + 2))
+def _conversations(job: WarmStartJob, setup: _Setup, problems: Sequence[Problem], fmt: str) -> list:
+    ctx = PromptContext(job.task, job.template, setup.verifier, random.Random(job.config.seed + 2))
     return [PROMPT_FORMATS.get(fmt)(ctx, p) for p in problems]
 
 
-def _golds(config: WarmStartConfig, problems: Sequence[Problem]) -> list[str]:
-    style = STYLES.get(config.task.style)
+def _golds(job: WarmStartJob, problems: Sequence[Problem]) -> list[str]:
+    style = STYLES.get(job.task.style)
     return [style.gold(p) for p in problems]
 
 
@@ -188,15 +209,16 @@ def _train_teacher(trainer: _Trainer, log: Callable[[str], None]) -> None:
     log(f"warm start: the teacher stopped at max_steps={cfg.max_steps} below {cfg.teacher_target}")
 
 
-def _feedback_rate(student: Any, setup: _Setup, config: WarmStartConfig, verdicts: list, seed: int):
+def _feedback_rate(student: Any, setup: _Setup, job: WarmStartJob, verdicts: list, seed: int):
     """Re-ask each problem the student got wrong, with the verifier's feedback on that very attempt."""
-    problems, golds = setup.report_set, _golds(config, setup.report_set)
-    plain = _conversations(config, setup, problems, "plain")
+    config = job.config
+    problems, golds = setup.report_set, _golds(job, setup.report_set)
+    plain = _conversations(job, setup, problems, "plain")
     convs, conv_golds = [], []
     for i, verdict in enumerate(verdicts):
         q = i // config.report.samples
         if not verdict.correct and verdict.feedback:
-            text = reprompt_user_text(plain[q][-1]["content"], None, verdict.feedback, config.template)
+            text = reprompt_user_text(plain[q][-1]["content"], None, verdict.feedback, job.template)
             convs.append([*plain[q][:-1], {"role": "user", "content": text}])
             conv_golds.append(golds[q])
     if not convs:
@@ -207,12 +229,12 @@ def _feedback_rate(student: Any, setup: _Setup, config: WarmStartConfig, verdict
     return rate, len(convs)
 
 
-def run_warm_start(config: WarmStartConfig, out: Path, log: Callable[[str], None]) -> WarmStartReport:
+def run_warm_start(job: WarmStartJob, out: Path, log: Callable[[str], None]) -> WarmStartReport:
     """Train both models into ``out/student`` and ``out/teacher`` and measure the report."""
-    start = time.perf_counter()
-    setup = _build(config)
+    start, config = time.perf_counter(), job.config
+    setup = _build(job)
     model = build_tiny_model(config.model, setup.tokenizer, seed=config.seed)
-    trainer = _Trainer(model, setup, config)
+    trainer = _Trainer(model, setup, job)
     chosen = _train_student(trainer, log)
     _train_teacher(trainer, log)
     teacher = trainer.model.eval()
@@ -223,15 +245,15 @@ def run_warm_start(config: WarmStartConfig, out: Path, log: Callable[[str], None
 
     problems, golds, seed = (
         setup.report_set,
-        _golds(config, setup.report_set),
+        _golds(job, setup.report_set),
         config.seed + 2 * _PROBE_SEED_SALT,
     )
-    plain = _conversations(config, setup, problems, "plain")
+    plain = _conversations(job, setup, problems, "plain")
     teacher_rate, _ = pass_rate(teacher, setup, plain, golds, config.report, seed)
     student_rate, verdicts = pass_rate(student, setup, plain, golds, config.report, seed)
-    demo = _conversations(config, setup, problems, "demo")
+    demo = _conversations(job, setup, problems, "demo")
     demo_rate, _ = pass_rate(student, setup, demo, golds, config.report, seed)
-    feedback_rate, attempts = _feedback_rate(student, setup, config, verdicts, seed)
+    feedback_rate, attempts = _feedback_rate(student, setup, job, verdicts, seed)
     report = WarmStartReport(
         student_pass_rate=student_rate,
         teacher_pass_rate=teacher_rate,
