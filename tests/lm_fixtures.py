@@ -56,3 +56,17 @@ def local_logprobs(model, ids: list[int], temperature: float = 1.0) -> torch.Ten
     with torch.no_grad():
         logits = model(torch.tensor([ids])).logits[0].float()
     return torch.log_softmax(logits / temperature, dim=-1)
+
+
+def save_tiny_pair(root: Path) -> dict[str, Path]:
+    """A 1-layer, hidden-32 student (seed 0) and a differently-initialised teacher (seed 1) with opdkit's own
+    character tokenizer, saved under ``root/student`` and ``root/teacher``: the pair the trainer and
+    reliability suites run on."""
+    from opdkit.models import TinyModelConfig, build_char_tokenizer, build_tiny_model, save_pretrained_atomic
+
+    tok = build_char_tokenizer()
+    dirs = {}
+    for name, seed in (("student", 0), ("teacher", 1)):
+        model = build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2), tok, seed=seed)
+        dirs[name] = save_pretrained_atomic(model, tok, root / name)
+    return dirs

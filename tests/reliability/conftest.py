@@ -9,18 +9,12 @@ from pathlib import Path
 import pytest
 from reliability_helpers import write_rows
 
+from lm_fixtures import save_tiny_pair
+
 
 @pytest.fixture(scope="session")
 def model_dirs(tmp_path_factory) -> dict[str, Path]:
-    from opdkit.models import TinyModelConfig, build_char_tokenizer, build_tiny_model, save_pretrained_atomic
-
-    root = tmp_path_factory.mktemp("reliability-models")
-    tok = build_char_tokenizer()
-    dirs = {}
-    for name, seed in (("student", 0), ("teacher", 1)):
-        model = build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2), tok, seed=seed)
-        dirs[name] = save_pretrained_atomic(model, tok, root / name)
-    return dirs
+    return save_tiny_pair(tmp_path_factory.mktemp("reliability-models"))
 
 
 @pytest.fixture(scope="session")

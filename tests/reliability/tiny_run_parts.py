@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from lm_fixtures import save_tiny_pair
 from opdkit.rewards.base import VERIFIERS, Verdict
 
 VERIFIER = "reliability/first_char"
@@ -26,15 +27,9 @@ def _first_char_verifier():
 
 def build_parts(root: Path) -> dict[str, Path]:
     """Write ``student/``, ``teacher/`` (two tiny models, seeds 0 and 1) and ``toy.jsonl`` under ``root``."""
-    from opdkit.models import TinyModelConfig, build_char_tokenizer, build_tiny_model, save_pretrained_atomic
-
     if VERIFIER not in VERIFIERS:
         VERIFIERS.add(VERIFIER, _first_char_verifier)
-    tok = build_char_tokenizer()
-    parts = {}
-    for name, seed in (("student", 0), ("teacher", 1)):
-        model = build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2), tok, seed=seed)
-        parts[name] = save_pretrained_atomic(model, tok, root / name)
+    parts = dict(save_tiny_pair(root))
     rows = [
         {"prompt": [{"role": "user", "content": f"Say something ({i})"}], "solution": HALF_OF_THE_VOCABULARY,
          "verifier": VERIFIER, "data_source": "toy"}

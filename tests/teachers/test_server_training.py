@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from fault_proxy import FaultProxy
 
+from lm_fixtures import save_tiny_pair
 from opdkit.train.config import load_config
 from opdkit.train.loop import train
 from server_process import start_server, stop_server
@@ -27,15 +28,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def char_models(tmp_path_factory) -> dict[str, Path]:
     """Student and teacher on opdkit's character tokenizer (the one the synthetic task is written in)."""
-    from opdkit.models import TinyModelConfig, build_char_tokenizer, build_tiny_model, save_pretrained_atomic
-
-    root = tmp_path_factory.mktemp("char_models")
-    tok = build_char_tokenizer()
-    cfg = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2)
-    return {
-        name: save_pretrained_atomic(build_tiny_model(cfg, tok, seed=seed), tok, root / name)
-        for name, seed in (("student", 0), ("teacher", 1))
-    }
+    return save_tiny_pair(tmp_path_factory.mktemp("char_models"))
 
 
 @pytest.fixture(scope="module")

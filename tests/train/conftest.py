@@ -9,26 +9,20 @@ from pathlib import Path
 import pytest
 from toy_verifier import HALF_OF_THE_VOCABULARY, register
 
+from lm_fixtures import save_tiny_pair
+
 register()
 
 
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
     """A student and a differently-initialised teacher sharing one character tokenizer."""
-    from opdkit.models import TinyModelConfig, build_char_tokenizer, build_tiny_model, save_pretrained_atomic
-
-    root = tmp_path_factory.mktemp("tiny")
-    tok = build_char_tokenizer()
-    dirs = {}
-    for name, seed in (("student", 0), ("teacher", 1)):
-        model = build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2), tok, seed=seed)
-        dirs[name] = save_pretrained_atomic(model, tok, root / name)
-    return dirs
+    return save_tiny_pair(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="session")
 def warm_cache(tmp_path_factory) -> Path:
-    """One warm-start cache for the session's slow tests (the default tiny pair is trained once, ~2.5 min)."""
+    """One warm-start cache for the session's slow tests (the default tiny pair is trained once, ~1.5 min)."""
     return tmp_path_factory.mktemp("warmstart-cache")
 
 
