@@ -19,6 +19,8 @@ SMALL_CONFIG = WarmStartConfig(
     optim=OptimConfig(lr=3e-3, batch_size=32, warmup_steps=10),
     probe=ProbeConfig(problems=8, samples=4, max_new_tokens=12),
     report=ProbeConfig(problems=16, samples=2, max_new_tokens=12),
+    opening_until=0.1,
+    mix_min_steps=20,
     student_target=0.25,
     teacher_target=0.6,
     eval_every=10,
@@ -69,9 +71,16 @@ def test_warm_start_trains_caches_and_improves_over_the_untrained_model(tmp_path
     small = _with(SMALL, cache_dir=str(tmp_path))
     first = warm_start(small, log=logs.append)
     assert not first.cached and first.path == tmp_path / SMALL.cache_key()
-    assert logs and "student probe pass rate" in logs[0]
+    assert logs and "opening probe pass rate" in logs[0]
     report = first.report
     assert 0 < report.student_step < report.teacher_step <= SMALL.config.max_steps
+    # Phases in order; the opening ends at its first probe >= opening_until, the student comes
+    # at least mix_min_steps later.
+    phases = [p["phase"] for p in report.probes]
+    assert phases == sorted(phases, key=["opening", "student", "teacher"].index)
+    opening = [p for p in report.probes if p["phase"] == "opening"]
+    assert [p["pass_rate"] >= 0.1 for p in opening] == [False] * (len(opening) - 1) + [True]
+    assert report.student_step >= opening[-1]["step"] + SMALL.config.mix_min_steps
     chosen = [p for p in report.probes if p.get("student")]
     assert len(chosen) == 1 and chosen[0]["step"] == report.student_step
     for rate in (report.student_pass_rate, report.teacher_pass_rate, report.student_demo_pass_rate):
@@ -94,8 +103,10 @@ def test_warm_start_trains_caches_and_improves_over_the_untrained_model(tmp_path
     assert [p.name for p in tmp_path.iterdir()] == [SMALL.cache_key()]  # no temporary folders left
 
 
-def test_a_student_that_never_reaches_the_target_is_an_error_and_leaves_nothing(tmp_path):
-    hopeless = _with(SMALL, max_steps=10, student_target=1.01, cache_dir=str(tmp_path))
+@pytest.mark.parametrize("opening_until, student_target", [(1.01, 0.25), (0.0, 1.01)])
+def test_a_target_never_reached_is_an_error_and_leaves_nothing(tmp_path, opening_until, student_target):
+    hopeless = _with(SMALL, max_steps=10, opening_until=opening_until, mix_min_steps=0,
+                     student_target=student_target, cache_dir=str(tmp_path))  # fmt: skip
     with pytest.raises(RuntimeError, match=r"never reached pass rate 1\.01 in 10 steps"):
         warm_start(hopeless)
     assert list(tmp_path.iterdir()) == []
@@ -122,3 +133,20 @@ def test_the_curriculum_mixes_easier_plain_questions_into_its_first_steps_only()
     trainer.train_step(mix)
     trainer.train_step(mix)
     assert trainer._weights(mix) == mix.weights()  # after curriculum.steps the job's own mix alone
+
+
+def test_the_teacher_phase_scales_the_learning_rate_from_its_first_step():
+    import opdkit.warmstart.run as run
+
+    job = _with(SMALL, optim=OptimConfig(lr=2e-3, batch_size=4, warmup_steps=4))
+    setup = run._build(job)
+    trainer = run._Trainer(build_tiny_model(job.config.model, setup.tokenizer, seed=0), setup, job)
+    rates = []
+    for _ in range(5):  # warm-up: 2e-3 * (s + 1) / 4 -> 1e-3 after 1 step, 2e-3 from step 3 on
+        trainer.train_step(job.config.mix)
+        rates.append(trainer.optimizer.param_groups[0]["lr"])
+    assert rates == pytest.approx([1e-3, 1.5e-3, 2e-3, 2e-3, 2e-3])
+    trainer.set_lr_scale(0.25)  # takes effect before the next step, not one step late
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(5e-4)
+    trainer.train_step(job.config.mix)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(5e-4)

@@ -5,14 +5,20 @@ and, for OPD/SCOPE, a teacher that is much better. A tiny model trained from scr
 module trains one by supervised learning on the task's reference completions (measured: 2-digit addition on
 a 0.5 M-parameter model goes from 0 to ~35 % sampled accuracy in a few hundred steps):
 
-1. Train on a mix of prompt formats (``prompts``): plain questions, and SDPO-style reprompts holding a
-   correct demonstration or the verifier's feedback on a wrong attempt, so the student's *self-teacher* can
-   read its context (docs/algorithms.md §4.2-4.4).
-2. Every ``eval_every`` steps, probe the sampled pass rate on held-out problems. The first time it reaches
+1. The opening: plain questions only (``opening_mix``) until a probe's pass rate reaches ``opening_until``:
+   the arithmetic first, since mixing the reprompt formats in from the start made the length of the plain
+   task's plateau depend on the seed. The models start from initial weights of std 0.05
+   (``WARM_START_INIT_STD``), where the plateau's exit no longer depends on float32 rounding
+   (benchmarks/RESULTS.md, "a warm start that does not depend on the processor").
+2. Train on a mix of prompt formats (``mix``, prompts in ``prompts``): plain questions, and SDPO-style
+   reprompts holding a correct demonstration or the verifier's feedback on a wrong attempt, so the student's
+   *self-teacher* can read its context (docs/algorithms.md §4.2-4.4). After ``mix_min_steps`` steps, every
+   ``eval_every`` steps probe the sampled pass rate on held-out problems. The first time it reaches
    ``student_target``, keep whichever of this and the previous probed checkpoint is nearer the target: that
    is the student.
-3. Keep training (``teacher_mix``, by default plain questions only) until the pass rate reaches
-   ``teacher_target``: that is the teacher. Both share the tokenizer and the architecture.
+3. Keep training (``teacher_mix``, by default plain questions only, at ``teacher_lr_scale`` times the
+   learning rate) until the pass rate reaches ``teacher_target``: that is the teacher. Both share the
+   tokenizer and the architecture.
 4. Report the sampled pass rates of: teacher; student; student given a correct demonstration in the reprompt
    (what SDPO's self-teacher sees when a sibling succeeded); student re-asked with the verifier's feedback on
    its own wrong attempts.

@@ -44,7 +44,7 @@ def _build(job: WarmStartJob) -> _Setup:
     tok = build_char_tokenizer()
     verifier = VERIFIERS.get(job.task.verifier)(detailed=config.feedback_detailed)
     problems = warm_start_problems(job)
-    formats = {k for mix in (config.mix, config.teacher_mix) for k in mix.weights()}
+    formats = {k for mix in (config.opening_mix, config.mix, config.teacher_mix) for k in mix.weights()}
     rng = random.Random(config.seed)
     ctx = PromptContext(job.task, job.template, verifier, rng)
     style = STYLES.get(job.task.style)
@@ -110,8 +110,9 @@ class _Trainer:
         self.model, self.setup, self.job, self.config = model, setup, job, config
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
         warmup = max(1, opt.warmup_steps)
+        self.lr_scale = 1.0  # the teacher phase sets config.teacher_lr_scale
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / warmup)
+            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) * self.lr_scale
         )
         self.rng = random.Random(config.seed + 1)
         self.step = 0
@@ -138,6 +139,12 @@ class _Trainer:
         if _EASY not in self.setup.pools or self.step >= easy.steps:
             return mix.weights()
         return {_EASY: easy.share} | {k: (1 - easy.share) * w for k, w in mix.weights().items()}
+
+    def set_lr_scale(self, scale: float) -> None:
+        """Multiply the scheduled learning rate by ``scale`` from the next step on."""
+        self.lr_scale = scale
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            group["lr"] = base * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
 
     def probe(self, phase: str) -> float:
         problems = self.setup.probe_set
@@ -169,13 +176,43 @@ class _Checkpoint:
     pass_rate: float
 
 
-def _train_student(trainer: _Trainer, log: Callable[[str], None]) -> _Checkpoint:
-    """Train until a probe reaches ``student_target``; keep the nearer of that probe and the one before."""
+def _train_opening(trainer: _Trainer, log: Callable[[str], None]) -> None:
+    """Train with ``opening_mix`` until a probe reaches ``opening_until`` (skipped when it is 0).
+
+    Why: mixing reprompt formats in from the first step lengthened the plain task's plateau and made its
+    length depend on the seed (475-975 steps); plain questions alone leave it sooner
+    (benchmarks/RESULTS.md)."""
     cfg = trainer.config
+    if cfg.opening_until <= 0:
+        return
+    while trainer.step < cfg.max_steps:
+        loss = trainer.train_step(cfg.opening_mix)
+        if trainer.step % cfg.eval_every == 0:
+            rate = trainer.probe("opening")
+            log(f"warm start: step {trainer.step} loss {loss:.3f} opening probe pass rate {rate:.2f}")
+            if rate >= cfg.opening_until:
+                return
+    raise RuntimeError(_never_reached(trainer, cfg.opening_until))
+
+
+def _never_reached(trainer: _Trainer, target: float) -> str:
+    cfg = trainer.config
+    history = ", ".join(f"{p['step']}: {p['pass_rate']:.2f}" for p in trainer.probes)
+    return (
+        f"warm start: the model never reached pass rate {target} in {cfg.max_steps} steps "
+        f"(probes {history}); raise max_steps or the learning rate, or lower the task difficulty"
+    )
+
+
+def _train_student(trainer: _Trainer, log: Callable[[str], None]) -> _Checkpoint:
+    """Train with ``mix`` for at least ``mix_min_steps`` steps, then until a probe reaches
+    ``student_target``; keep the nearer of that probe and the one before (if it was past the minimum)."""
+    cfg = trainer.config
+    first = trainer.step + cfg.mix_min_steps
     previous: _Checkpoint | None = None
     while trainer.step < cfg.max_steps:
         loss = trainer.train_step(cfg.mix)
-        if trainer.step % cfg.eval_every:
+        if trainer.step % cfg.eval_every or trainer.step < first:
             continue
         rate = trainer.probe("student")
         log(f"warm start: step {trainer.step} loss {loss:.3f} student probe pass rate {rate:.2f}")
@@ -189,16 +226,13 @@ def _train_student(trainer: _Trainer, log: Callable[[str], None]) -> _Checkpoint
                 probe["student"] = probe["step"] == chosen.step
             return chosen
         previous = current
-    history = ", ".join(f"{p['step']}: {p['pass_rate']:.2f}" for p in trainer.probes)
-    raise RuntimeError(
-        f"warm start: the student never reached pass rate {cfg.student_target} in {cfg.max_steps} steps "
-        f"(probes {history}); raise max_steps or the learning rate, or lower the task difficulty"
-    )
+    raise RuntimeError(_never_reached(trainer, cfg.student_target))
 
 
 def _train_teacher(trainer: _Trainer, log: Callable[[str], None]) -> None:
     """Keep training with ``teacher_mix`` until a probe reaches ``teacher_target`` (or ``max_steps``)."""
     cfg = trainer.config
+    trainer.set_lr_scale(cfg.teacher_lr_scale)
     while trainer.step < cfg.max_steps:
         loss = trainer.train_step(cfg.teacher_mix)
         if trainer.step % cfg.eval_every == 0:
@@ -235,6 +269,7 @@ def run_warm_start(job: WarmStartJob, out: Path, log: Callable[[str], None]) -> 
     setup = _build(job)
     model = build_tiny_model(config.model, setup.tokenizer, seed=config.seed)
     trainer = _Trainer(model, setup, job)
+    _train_opening(trainer, log)
     chosen = _train_student(trainer, log)
     _train_teacher(trainer, log)
     teacher = trainer.model.eval()
