@@ -212,7 +212,7 @@ def plot(
 
 @app.command()
 def demo(
-    quick: bool = typer.Option(False, help="About 3 minutes: 2 seeds, 20 steps, a smaller evaluation."),
+    quick: bool = typer.Option(False, help="About 1.5 minutes: 2 seeds, 20 steps, a smaller evaluation."),
     output: str = typer.Option("runs/demo", "--output", "-o", help="Where the runs, plots and table go."),
     workers: int = typer.Option(None, help="Runs at once (default: the number of cores, at most 4)."),
 ) -> None:

@@ -9,8 +9,8 @@
 
 Runs go to a pool of worker processes (one intra-op thread each), so a 2-core machine runs two at once.
 
-    opdkit demo            # ~4 minutes on a fresh 2-core CPU (2.5 of them the warm start, cached after)
-    opdkit demo --quick    # ~3 minutes: 2 seeds, 20 steps, a smaller evaluation
+    opdkit demo            # ~2.5 minutes on a fresh 2-core CPU (45 s of them the warm start, cached after)
+    opdkit demo --quick    # ~1.5 minutes: 2 seeds, 20 steps, a smaller evaluation
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class DemoPlan:
     def standard(cls, quick: bool = False, workers: int | None = None) -> DemoPlan:
         workers = workers or max(1, min(4, os.cpu_count() or 1))
         quick_overrides = ("steps=20", "eval.every=10", "eval.num_problems=64")
-        if quick:  # 2 seeds, 20 steps: the warm start (~2.5 min on a fresh machine) is most of it
+        if quick:  # 2 seeds, 20 steps: the warm start (~45 s on a fresh machine) is half of it
             return cls(seeds=(0, 1), overrides=quick_overrides, workers=workers)
         return cls(workers=workers)
 
