@@ -1,4 +1,4 @@
-# Two commands a newcomer needs:  make demo  (~3.5 minutes on a fresh 2-core CPU, the environment included: README)  and  make test  (lint + layers + tests).
+# Two commands a newcomer needs:  make demo  (~4 minutes on a fresh 2-core CPU, the environment included: README)  and  make test  (lint + layers + tests).
 # Both create .venv on first use with nothing but Python: torch==2.13.0 (CPU wheel) goes in first and
 # constraints.txt stops anything from replacing it.
 PY      ?= python3

@@ -9,7 +9,7 @@
 
 Runs go to a pool of worker processes (one intra-op thread each), so a 2-core machine runs two at once.
 
-    opdkit demo            # ~2.5 minutes on a fresh 2-core CPU (45 s of them the warm start, cached after)
+    opdkit demo            # ~3 minutes on a fresh 2-core CPU (45 s of them the warm start, cached after)
     opdkit demo --quick    # ~1.5 minutes: 2 seeds, 20 steps, a smaller evaluation
 """
 
