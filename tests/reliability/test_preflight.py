@@ -92,3 +92,22 @@ def test_evaluations_join_their_steps_row(short_run, tmp_path):
     assert [r["step"] for r in rows] == [1, 2]
     assert "eval/mean@1" in rows[0] and "loss/total" not in rows[0]
     assert "loss/total" in rows[1] and "eval/mean@1" in rows[1]
+
+
+def test_every_teacher_kind_has_a_preflight_check():
+    import typing
+
+    from opdkit.train.config import TeacherConfig
+    from opdkit.train.preflight import _TEACHER_CHECKS
+
+    kinds = set(typing.get_args(typing.get_type_hints(TeacherConfig)["kind"])) - {"none"}
+    assert set(_TEACHER_CHECKS) == kinds
+
+
+@pytest.mark.parametrize("kind", ["local", "unreliable"])
+def test_a_teacher_loaded_in_process_needs_its_model_directory_not_a_url(kind, short_run, tmp_path):
+    # teacher.kind=unreliable was once checked as a server ("needs the server's base URL")
+    preflight(load_config(None, short_run(**{"teacher.kind": kind})))
+    missing = short_run(**{"teacher.kind": kind, "teacher.path": tmp_path / "nope"})
+    with pytest.raises(PreflightError, match=r"teacher\.path: no model directory"):
+        preflight(load_config(None, missing))

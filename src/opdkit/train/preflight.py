@@ -72,18 +72,34 @@ def _check_teacher(cfg: TrainConfig) -> None:
             f"teacher.kind: method {cfg.method.name} needs an external teacher: "
             "set teacher.kind=local or server"
         )
-    if t.kind == "local":
-        if t.path in ("", "tiny") and cfg.model.student != "tiny":
-            raise PreflightError(
-                "teacher.path: teacher.kind=local needs a model directory (or model.student=tiny)"
-            )
-        check_model_dir("teacher.path", t.path or "tiny")
-        return
+    _TEACHER_CHECKS[t.kind](cfg)
+
+
+def _check_teacher_model(cfg: TrainConfig) -> None:
+    """A teacher loaded in this process (``local``, ``unreliable``): its model directory."""
+    t = cfg.teacher
+    if t.path in ("", "tiny") and cfg.model.student != "tiny":
+        raise PreflightError(
+            f"teacher.path: teacher.kind={t.kind} needs a model directory (or model.student=tiny)"
+        )
+    check_model_dir("teacher.path", t.path or "tiny")
+
+
+def _check_teacher_server(cfg: TrainConfig) -> None:
+    t = cfg.teacher
     if not t.url:
         raise PreflightError("teacher.url: teacher.kind=server needs the server's base URL")
     if t.api_key_env and not t.api_key and t.api_key_env not in os.environ:
         raise PreflightError(f"teacher.api_key_env: environment variable {t.api_key_env} is not set")
     _check_server(t.url, server_api_key(t), min(t.timeout_s, 10.0))
+
+
+# teacher.kind -> what must hold before step 1 (every kind of ``TeacherConfig.kind`` but "none")
+_TEACHER_CHECKS = {
+    "local": _check_teacher_model,
+    "unreliable": _check_teacher_model,
+    "server": _check_teacher_server,
+}
 
 
 def _check_server(url: str, api_key: str | None, timeout_s: float) -> None:
