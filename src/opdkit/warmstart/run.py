@@ -176,6 +176,22 @@ class _Checkpoint:
     pass_rate: float
 
 
+def _train_until(
+    trainer: _Trainer, mix: FormatMix, phase: str, target: float, log: Callable[[str], None]
+) -> bool:
+    """Train with ``mix``, probing every ``eval_every`` steps, until a probe reaches ``target`` (True) or
+    ``max_steps`` is spent (False)."""
+    cfg = trainer.config
+    while trainer.step < cfg.max_steps:
+        loss = trainer.train_step(mix)
+        if trainer.step % cfg.eval_every == 0:
+            rate = trainer.probe(phase)
+            log(f"warm start: step {trainer.step} loss {loss:.3f} {phase} probe pass rate {rate:.2f}")
+            if rate >= target:
+                return True
+    return False
+
+
 def _train_opening(trainer: _Trainer, log: Callable[[str], None]) -> None:
     """Train with ``opening_mix`` until a probe reaches ``opening_until`` (skipped when it is 0).
 
@@ -185,14 +201,8 @@ def _train_opening(trainer: _Trainer, log: Callable[[str], None]) -> None:
     cfg = trainer.config
     if cfg.opening_until <= 0:
         return
-    while trainer.step < cfg.max_steps:
-        loss = trainer.train_step(cfg.opening_mix)
-        if trainer.step % cfg.eval_every == 0:
-            rate = trainer.probe("opening")
-            log(f"warm start: step {trainer.step} loss {loss:.3f} opening probe pass rate {rate:.2f}")
-            if rate >= cfg.opening_until:
-                return
-    raise RuntimeError(_never_reached(trainer, cfg.opening_until))
+    if not _train_until(trainer, cfg.opening_mix, "opening", cfg.opening_until, log):
+        raise RuntimeError(_never_reached(trainer, cfg.opening_until))
 
 
 def _never_reached(trainer: _Trainer, target: float) -> str:
@@ -233,14 +243,8 @@ def _train_teacher(trainer: _Trainer, log: Callable[[str], None]) -> None:
     """Keep training with ``teacher_mix`` until a probe reaches ``teacher_target`` (or ``max_steps``)."""
     cfg = trainer.config
     trainer.set_lr_scale(cfg.teacher_lr_scale)
-    while trainer.step < cfg.max_steps:
-        loss = trainer.train_step(cfg.teacher_mix)
-        if trainer.step % cfg.eval_every == 0:
-            rate = trainer.probe("teacher")
-            log(f"warm start: step {trainer.step} loss {loss:.3f} teacher probe pass rate {rate:.2f}")
-            if rate >= cfg.teacher_target:
-                return
-    log(f"warm start: the teacher stopped at max_steps={cfg.max_steps} below {cfg.teacher_target}")
+    if not _train_until(trainer, cfg.teacher_mix, "teacher", cfg.teacher_target, log):
+        log(f"warm start: the teacher stopped at max_steps={cfg.max_steps} below {cfg.teacher_target}")
 
 
 def _feedback_rate(student: Any, setup: _Setup, job: WarmStartJob, verdicts: list, seed: int):
